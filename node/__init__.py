@@ -1,0 +1,8 @@
+"""gpunode: a provider node for decentralized GPU networks."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("gpunode")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
