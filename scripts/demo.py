@@ -23,6 +23,7 @@ from node.chain.protocol import Capacity, Protocol
 
 TOKEN = 10**18
 STEPS = ("postOffer", "claim", "submitResult", "finalize")
+DIRECT_STEPS = ("claimSigned", "submitResult", "finalize")
 
 
 @dataclass
@@ -32,7 +33,7 @@ class RoundTrip:
 
     @property
     def total(self) -> int:
-        return sum(self.gas[s] for s in STEPS)
+        return sum(self.gas.values())
 
 
 def advance_time(w3: Web3, seconds: int) -> None:
@@ -47,24 +48,31 @@ def setup_provider(proto: Protocol, operator_key: str, payout: str, stake: int) 
     proto.stake(operator_key, stake)
 
 
-def round_trip(proto: Protocol, requester_key: str, operator_key: str, *, nonce: int,
+def round_trip(proto: Protocol, requester_key: str, operator_key: str, *, nonce: int, direct: bool = False,
                payment: int = 50 * TOKEN, bond: int = 5 * TOKEN, log=print) -> RoundTrip:
-    """Posts, claims, submits and finalizes one job; returns its id and the gas of each transaction."""
+    """Runs one job to payment and returns its id and the gas of each transaction. `direct`: the offer is
+    addressed to the provider and posted+claimed in one claimSigned transaction (the API path)."""
     w3 = proto.w3
     params = b'{"m":256,"k":256,"n":256,"seed":7}'
     now = w3.eth.get_block("latest")["timestamp"]
     offer = JobOffer(
-        requester=proto.account(requester_key).address, provider=ZERO_ADDRESS,
+        requester=proto.account(requester_key).address,
+        provider=proto.account(operator_key).address if direct else ZERO_ADDRESS,
         workload=workload_id("matmul-int8/v1"), paramsHash=keccak(params), inputHash=b"\x00" * 32,
         inputURI="", payment=payment, providerBond=bond, maxDuration=3600, expiry=now + 600, nonce=nonce,
     )
     job_id = proto.job_id(offer)
     result = RoundTrip(job_id)
     signature = proto.sign(requester_key, offer)
-    result.gas["postOffer"] = proto.post(requester_key, offer, params, signature)["gasUsed"]
-    log(f"  posted   job {job_id.hex()[:16]}…  payment {payment / TOKEN:g} GPU, bond {bond / TOKEN:g} GPU")
-    result.gas["claim"] = proto.claim(operator_key, job_id)["gasUsed"]
-    log("  claimed  by the provider (bond locked from its stake)")
+    what = f"job {job_id.hex()[:16]}…  payment {payment / TOKEN:g} GPU, bond {bond / TOKEN:g} GPU"
+    if direct:
+        result.gas["claimSigned"] = proto.claim_signed(operator_key, offer, params, signature)["gasUsed"]
+        log(f"  direct offer posted and claimed in one transaction: {what}")
+    else:
+        result.gas["postOffer"] = proto.post(requester_key, offer, params, signature)["gasUsed"]
+        log(f"  posted   {what}")
+        result.gas["claim"] = proto.claim(operator_key, job_id)["gasUsed"]
+        log("  claimed  by the provider (bond locked from its stake)")
     root = keccak(b"demo result")
     result.gas["submitResult"] = proto.submit(operator_key, job_id, root, 4096, "http://127.0.0.1:8600/r")["gasUsed"]
     log(f"  committed result root {root.hex()[:16]}…; challenge window open")
@@ -93,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.jobs):
             print(f"job {i + 1}:")
             trips.append(round_trip(proto, requester, operator, nonce=i))
+        print(f"job {args.jobs + 1} (direct offer, as sent to a provider's API):")
+        direct = round_trip(proto, requester, operator, nonce=args.jobs, direct=True)
         before = proto.balance(payout)
         proto.withdraw(keys[3])
         print(f"payout address withdrew {(proto.balance(payout) - before) / TOKEN:g} GPU")
@@ -100,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         for step in STEPS:
             print(f"  {step:<13} {trips[0].gas[step]:>8,} | {trips[-1].gas[step]:>8,}")
         print(f"  {'total':<13} {trips[0].total:>8,} | {trips[-1].total:>8,}")
+        print("direct offer: " + ", ".join(f"{k} {v:,}" for k, v in direct.gas.items()) + f"; total {direct.total:,}")
     print(f"done in {time.monotonic() - started:.1f}s")
     return 0
 

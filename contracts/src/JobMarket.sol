@@ -50,18 +50,32 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
         Slashed
     }
 
-    /// @dev Three storage slots per job. `due` is the offer expiry while Open, the submit deadline while
-    ///      Claimed, and the end of the challenge window from Submitted on.
-    struct Job {
+    /// @dev Two storage slots per job (plus the result root once submitted). `due` is the offer expiry
+    ///      while Open, the submit deadline while Claimed, and the end of the challenge window from
+    ///      Submitted on. `providerId` is the registry's compact id: the addressed provider while Open (0 for
+    ///      an open offer), the claiming provider from Claimed on.
+    struct JobRecord {
         address requester;
         JobState state;
-        uint64 due;
-        address provider;
+        uint40 due;
         uint16 feeBps; // fee snapshot at post time: the owner cannot raise the fee on a posted job
+        uint32 providerId;
+        uint112 payment;
+        uint112 providerBond;
         uint32 maxDuration;
-        uint48 resultSize; // bytes of the committed result; fixes the Merkle tree's shape for proofs
-        uint128 payment;
-        uint128 providerBond;
+    }
+
+    /// @notice A job as integrators want to read it.
+    struct Job {
+        address requester;
+        address provider;
+        JobState state;
+        uint64 due;
+        uint16 feeBps;
+        uint256 payment;
+        uint256 providerBond;
+        uint64 maxDuration;
+        bytes32 resultRoot;
     }
 
     bytes32 public constant OFFER_TYPEHASH = keccak256(
@@ -86,7 +100,7 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
     uint256 public disputeBond;
 
     mapping(bytes32 workload => address) public verifiers;
-    mapping(bytes32 jobId => Job) private _jobs;
+    mapping(bytes32 jobId => JobRecord) private _jobs;
     mapping(bytes32 jobId => bytes32) public resultRootOf;
     mapping(bytes32 jobId => uint256) public disputeBondOf;
     mapping(address requester => mapping(uint256 word => uint256)) public nonceBitmap;
@@ -103,10 +117,10 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
     event DisputeResolved(bytes32 indexed jobId, bool providerWasRight);
     event ChallengeOpened(bytes32 indexed jobId, address indexed verifier);
     event ChallengeClosed(bytes32 indexed jobId, bool fraud, address challenger);
-    event JobFinalized(bytes32 indexed jobId, address indexed provider, address indexed payout, uint256 amount,
+    event JobFinalized(bytes32 indexed jobId, uint32 indexed providerId, address indexed payout, uint256 amount,
         uint256 fee);
     event JobExpired(bytes32 indexed jobId, uint256 refund, uint256 slashed);
-    event ProviderSlashed(bytes32 indexed jobId, address indexed provider, uint256 amount);
+    event ProviderSlashed(bytes32 indexed jobId, uint32 indexed providerId, uint256 amount);
     event Credited(address indexed account, uint256 amount);
     event Withdrawn(address indexed account, address indexed to, uint256 amount);
     event FeeSet(uint16 feeBps);
@@ -132,7 +146,7 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
     error ProviderMismatch(address expected, address caller);
     error DeadlinePassed(uint64 deadline);
     error EmptyResult();
-    error ResultTooLarge(uint256 resultSize);
+    error UnknownProvider(address provider);
     error ChallengeWindowOpen(uint64 windowEnd);
     error ChallengeWindowClosed(uint64 windowEnd);
     error NotExpirable(bytes32 jobId, JobState state, uint64 due);
@@ -169,7 +183,14 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
         nonReentrant
         returns (bytes32 jobId)
     {
-        jobId = _post(offer, params, signature, JobState.Open, offer.expiry);
+        uint32 addressed;
+        if (offer.provider != address(0)) {
+            addressed = registry.idOf(offer.provider);
+            if (addressed == 0) revert UnknownProvider(offer.provider);
+        }
+        // An expiry beyond uint40 (year 36812) is the same as no expiry; clamp rather than refuse.
+        uint64 expiry = offer.expiry > type(uint40).max ? type(uint40).max : offer.expiry;
+        jobId = _post(offer, params, signature, JobState.Open, expiry, addressed);
     }
 
     /// @notice Posts and claims in one transaction: the path for offers sent straight to a provider's API.
@@ -183,14 +204,13 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
             revert ProviderMismatch(offer.provider, msg.sender);
         }
         uint64 deadline = uint64(block.timestamp) + offer.maxDuration;
-        jobId = _post(offer, params, signature, JobState.Claimed, deadline);
-        _jobs[jobId].provider = msg.sender;
-        registry.lock(msg.sender, offer.providerBond);
+        uint32 id = registry.lock(msg.sender, offer.providerBond);
+        jobId = _post(offer, params, signature, JobState.Claimed, deadline, id);
         emit JobClaimed(jobId, msg.sender, deadline);
     }
 
     function cancelOffer(bytes32 jobId) external {
-        Job storage job = _jobs[jobId];
+        JobRecord storage job = _jobs[jobId];
         if (job.state != JobState.Open) revert InvalidState(jobId, job.state);
         if (msg.sender != job.requester) revert NotRequester(msg.sender);
         job.state = JobState.Cancelled;
@@ -209,29 +229,29 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
         bytes calldata params,
         bytes calldata signature,
         JobState state,
-        uint64 due
+        uint64 due,
+        uint32 providerId
     ) private returns (bytes32 jobId) {
         if (offer.requester == address(0)) revert ZeroAddress();
         if (offer.expiry <= block.timestamp) revert OfferExpired(offer.expiry);
         if (offer.maxDuration == 0 || offer.maxDuration > MAX_DURATION) revert InvalidDuration(offer.maxDuration);
         if (offer.payment == 0) revert ZeroPayment();
-        if (offer.payment > type(uint128).max || offer.providerBond > type(uint128).max) revert AmountTooLarge();
+        if (offer.payment > type(uint112).max || offer.providerBond > type(uint112).max) revert AmountTooLarge();
         bytes32 actual = keccak256(params);
         if (actual != offer.paramsHash) revert ParamsHashMismatch(offer.paramsHash, actual);
         _useNonce(offer.requester, offer.nonce);
         jobId = hashOffer(offer);
         if (!SignatureChecker.isValidSignatureNow(offer.requester, jobId, signature)) revert InvalidSignature();
 
-        _jobs[jobId] = Job({
+        _jobs[jobId] = JobRecord({
             requester: offer.requester,
             state: state,
-            due: due,
-            provider: offer.provider,
+            due: uint40(due),
             feeBps: feeBps,
-            maxDuration: uint32(offer.maxDuration),
-            resultSize: 0,
-            payment: uint128(offer.payment),
-            providerBond: uint128(offer.providerBond)
+            providerId: providerId,
+            payment: uint112(offer.payment),
+            providerBond: uint112(offer.providerBond),
+            maxDuration: uint32(offer.maxDuration)
         });
         emit OfferPosted(jobId, offer.requester, offer.provider, offer, params, signature);
         token.safeTransferFrom(offer.requester, address(this), offer.payment);
@@ -248,30 +268,30 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
     // ================================================================ provider side
 
     function claim(bytes32 jobId) external whenNotPaused {
-        Job storage job = _jobs[jobId];
+        JobRecord storage job = _jobs[jobId];
         if (job.state != JobState.Open) revert InvalidState(jobId, job.state);
         if (block.timestamp >= job.due) revert OfferExpired(job.due);
-        if (job.provider != address(0) && job.provider != msg.sender) revert ProviderMismatch(job.provider, msg.sender);
+        uint32 id = registry.lock(msg.sender, job.providerBond);
+        uint32 addressed = job.providerId;
+        if (addressed != 0 && addressed != id) revert ProviderMismatch(registry.operatorOf(addressed), msg.sender);
         uint64 deadline = uint64(block.timestamp) + job.maxDuration;
-        job.provider = msg.sender;
+        job.providerId = id;
         job.state = JobState.Claimed;
-        job.due = deadline;
-        registry.lock(msg.sender, job.providerBond);
+        job.due = uint40(deadline);
         emit JobClaimed(jobId, msg.sender, deadline);
     }
 
-    /// @notice Commits to the result (RFC 6962 Merkle root over its 4 KiB chunks) and starts the challenge window.
+    /// @notice Commits to the result (RFC 6962 Merkle root over its 4 KiB chunks) and starts the challenge
+    ///         window. The size is only emitted: a verifier derives a result's size from the job's params.
     function submitResult(bytes32 jobId, bytes32 resultRoot, uint64 resultSize, string calldata resultURI) external {
-        Job storage job = _jobs[jobId];
+        JobRecord storage job = _jobs[jobId];
         if (job.state != JobState.Claimed) revert InvalidState(jobId, job.state);
-        if (msg.sender != job.provider) revert NotProvider(msg.sender);
+        if (registry.idOf(msg.sender) != job.providerId) revert NotProvider(msg.sender);
         if (block.timestamp > job.due) revert DeadlinePassed(job.due);
         if (resultRoot == bytes32(0) || resultSize == 0) revert EmptyResult();
-        if (resultSize > type(uint48).max) revert ResultTooLarge(resultSize);
         uint64 windowEnd = uint64(block.timestamp) + challengeWindow;
         job.state = JobState.Submitted;
-        job.due = windowEnd;
-        job.resultSize = uint48(resultSize);
+        job.due = uint40(windowEnd);
         resultRootOf[jobId] = resultRoot;
         emit ResultSubmitted(jobId, msg.sender, resultRoot, resultSize, resultURI, windowEnd);
     }
@@ -280,14 +300,14 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
 
     /// @notice The requester is satisfied: pay the provider now instead of waiting out the window.
     function accept(bytes32 jobId) external {
-        Job storage job = _jobs[jobId];
+        JobRecord storage job = _jobs[jobId];
         if (job.state != JobState.Submitted) revert InvalidState(jobId, job.state);
         if (msg.sender != job.requester) revert NotRequester(msg.sender);
         _payProvider(jobId, job);
     }
 
     function finalize(bytes32 jobId) external {
-        Job storage job = _jobs[jobId];
+        JobRecord storage job = _jobs[jobId];
         if (job.state != JobState.Submitted) revert InvalidState(jobId, job.state);
         if (block.timestamp < job.due) revert ChallengeWindowOpen(job.due);
         _payProvider(jobId, job);
@@ -297,7 +317,7 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
     ///         someone else finalized one of its jobs first. Returns how many were finalized.
     function finalizeMany(bytes32[] calldata jobIds) external returns (uint256 finalized) {
         for (uint256 i = 0; i < jobIds.length; ++i) {
-            Job storage job = _jobs[jobIds[i]];
+            JobRecord storage job = _jobs[jobIds[i]];
             if (job.state == JobState.Submitted && block.timestamp >= job.due) {
                 _payProvider(jobIds[i], job);
                 ++finalized;
@@ -308,24 +328,24 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
     /// @notice Anyone may clean up a lapsed job: an unclaimed offer past its expiry is refunded; a claimed job
     ///         past its deadline is refunded and the provider's bond goes to the requester as compensation.
     function expire(bytes32 jobId) external {
-        Job storage job = _jobs[jobId];
+        JobRecord storage job = _jobs[jobId];
         JobState state = job.state;
         uint256 slashed;
         if (state == JobState.Open && block.timestamp >= job.due) {
             slashed = 0;
         } else if (state == JobState.Claimed && block.timestamp > job.due) {
             slashed = job.providerBond;
-            _slash(jobId, job.provider, slashed);
+            _slash(jobId, job.providerId, slashed);
         } else {
             revert NotExpirable(jobId, state, job.due);
         }
         job.state = JobState.Expired;
-        _credit(job.requester, job.payment + slashed);
+        _credit(job.requester, uint256(job.payment) + slashed);
         emit JobExpired(jobId, job.payment, slashed);
     }
 
     function dispute(bytes32 jobId) external nonReentrant {
-        Job storage job = _jobs[jobId];
+        JobRecord storage job = _jobs[jobId];
         if (job.state != JobState.Submitted) revert InvalidState(jobId, job.state);
         if (msg.sender != job.requester) revert NotRequester(msg.sender);
         if (block.timestamp >= job.due) revert ChallengeWindowClosed(job.due);
@@ -340,7 +360,7 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
     ///         bond. Provider wrong: requester refunded with its dispute bond and the provider's bond.
     function resolve(bytes32 jobId, bool providerWasRight) external {
         if (msg.sender != arbiter) revert NotArbiter(msg.sender);
-        Job storage job = _jobs[jobId];
+        JobRecord storage job = _jobs[jobId];
         if (job.state != JobState.Disputed) revert InvalidState(jobId, job.state);
         uint256 bond = disputeBondOf[jobId];
         emit DisputeResolved(jobId, providerWasRight);
@@ -349,8 +369,8 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
             _credit(payout, bond);
         } else {
             job.state = JobState.Slashed;
-            _slash(jobId, job.provider, job.providerBond);
-            _credit(job.requester, job.payment + bond + job.providerBond);
+            _slash(jobId, job.providerId, job.providerBond);
+            _credit(job.requester, uint256(job.payment) + bond + job.providerBond);
         }
     }
 
@@ -360,7 +380,7 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
     ///         be finalized under it. The offer is passed whole and matched against the job id.
     function openChallenge(JobOffer calldata offer) external returns (bytes32 jobId) {
         jobId = _verifierJob(offer);
-        Job storage job = _jobs[jobId];
+        JobRecord storage job = _jobs[jobId];
         if (job.state != JobState.Submitted) revert InvalidState(jobId, job.state);
         if (block.timestamp >= job.due) revert ChallengeWindowClosed(job.due);
         job.state = JobState.Challenged;
@@ -372,7 +392,7 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
     ///         returns to Submitted with its original window.
     function closeChallenge(JobOffer calldata offer, bool fraud, address challenger) external {
         bytes32 jobId = _verifierJob(offer);
-        Job storage job = _jobs[jobId];
+        JobRecord storage job = _jobs[jobId];
         if (job.state != JobState.Challenged) revert InvalidState(jobId, job.state);
         emit ChallengeClosed(jobId, fraud, challenger);
         if (!fraud) {
@@ -382,7 +402,7 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
         if (challenger == address(0)) revert ZeroAddress();
         uint256 bond = job.providerBond;
         job.state = JobState.Slashed;
-        _slash(jobId, job.provider, bond);
+        _slash(jobId, job.providerId, bond);
         _credit(job.requester, job.payment);
         _credit(challenger, bond / 2);
         _credit(treasury, bond - bond / 2);
@@ -413,24 +433,24 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
         token.safeTransfer(to, amount);
     }
 
-    function _payProvider(bytes32 jobId, Job storage job) private returns (address payout) {
+    /// @dev The JobFinalized event is the credit record here (no separate Credited event on the hot path).
+    function _payProvider(bytes32 jobId, JobRecord storage job) private returns (address payout) {
         job.state = JobState.Finalized;
-        address provider = job.provider;
+        uint32 providerId = job.providerId;
         uint256 payment = job.payment;
         uint256 fee = payment * job.feeBps / BPS;
-        payout = registry.payoutOf(provider);
-        if (job.providerBond != 0) registry.unlock(provider, job.providerBond);
-        _credit(payout, payment - fee);
+        payout = registry.unlock(providerId, job.providerBond);
+        balanceOf[payout] += payment - fee;
         if (fee != 0) balanceOf[treasury] += fee;
-        emit JobFinalized(jobId, provider, payout, payment - fee, fee);
+        emit JobFinalized(jobId, providerId, payout, payment - fee, fee);
     }
 
     /// @dev Slashed stake is moved into the market and credited from here, keeping every token the market
     ///      holds accounted for as escrow or as a withdrawable balance.
-    function _slash(bytes32 jobId, address provider, uint256 amount) private {
+    function _slash(bytes32 jobId, uint32 providerId, uint256 amount) private {
         if (amount == 0) return;
-        registry.slash(provider, amount, address(this));
-        emit ProviderSlashed(jobId, provider, amount);
+        registry.slash(providerId, amount, address(this));
+        emit ProviderSlashed(jobId, providerId, amount);
     }
 
     function _credit(address account, uint256 amount) private {
@@ -450,8 +470,17 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
         return _hashTypedDataV4(keccak256(bytes.concat(head, tail)));
     }
 
-    function getJob(bytes32 jobId) external view returns (Job memory) {
-        return _jobs[jobId];
+    function getJob(bytes32 jobId) external view returns (Job memory v) {
+        JobRecord storage job = _jobs[jobId];
+        v.requester = job.requester;
+        v.provider = job.providerId == 0 ? address(0) : registry.operatorOf(job.providerId);
+        v.state = job.state;
+        v.due = job.due;
+        v.feeBps = job.feeBps;
+        v.payment = job.payment;
+        v.providerBond = job.providerBond;
+        v.maxDuration = job.maxDuration;
+        v.resultRoot = resultRootOf[jobId];
     }
 
     function isNonceUsed(address requester, uint256 nonce) external view returns (bool) {

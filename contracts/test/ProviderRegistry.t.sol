@@ -16,7 +16,7 @@ contract ProviderRegistryTest is MarketFixture {
 
     function test_register_storesRecordAndEmits() public {
         vm.expectEmit(address(registry));
-        emit ProviderRegistry.ProviderRegistered(op2, pay2, cap(), 5, "https://p2", "ipfs://m2");
+        emit ProviderRegistry.ProviderRegistered(op2, 2, pay2, cap(), 5, "https://p2", "ipfs://m2");
         vm.prank(op2);
         registry.register(pay2, cap(), 5, "https://p2", "ipfs://m2");
         ProviderRegistry.Provider memory p = registry.getProvider(op2);
@@ -32,6 +32,9 @@ contract ProviderRegistryTest is MarketFixture {
         assertEq(p.capacity.bf16TflopsMilli, 121_000, "bf16");
         assertEq(p.capacity.benchmarkHash, keccak256("evidence"), "evidence");
         assertTrue(registry.isActive(op2), "isActive");
+        assertEq(registry.idOf(op2), 2, "second provider gets id 2");
+        assertEq(registry.operatorOf(2), op2, "id maps back to the operator");
+        assertEq(registry.providerCount(), 2, "count");
         assertEq(registry.payoutOf(op2), pay2, "payoutOf");
     }
 
@@ -108,8 +111,8 @@ contract ProviderRegistryTest is MarketFixture {
         token.mint(provider, uint256(type(uint128).max));
         vm.startPrank(provider);
         token.approve(address(registry), type(uint256).max);
-        vm.expectRevert(abi.encodeWithSelector(ProviderRegistry.AmountTooLarge.selector, uint256(type(uint128).max)));
-        registry.stake(uint256(type(uint128).max));
+        vm.expectRevert(abi.encodeWithSelector(ProviderRegistry.AmountTooLarge.selector, uint256(type(uint120).max)));
+        registry.stake(uint256(type(uint120).max));
         vm.stopPrank();
     }
 
@@ -168,24 +171,31 @@ contract ProviderRegistryTest is MarketFixture {
         vm.expectRevert(err);
         registry.lock(provider, 1);
         vm.expectRevert(err);
-        registry.unlock(provider, 1);
+        registry.unlock(1, 1);
         vm.expectRevert(err);
-        registry.slash(provider, 1, stranger);
+        registry.slash(1, 1, stranger);
         vm.stopPrank();
     }
 
     function test_marketHooks_bounds() public {
+        uint32 id = registry.idOf(provider);
         vm.startPrank(address(market));
         vm.expectRevert(abi.encodeWithSelector(ProviderRegistry.InsufficientLockedStake.selector, 1, 0));
-        registry.unlock(provider, 1);
+        registry.unlock(id, 1);
         vm.expectRevert(abi.encodeWithSelector(ProviderRegistry.InsufficientLockedStake.selector, 1, 0));
-        registry.slash(provider, 1, address(market));
-        registry.lock(provider, 10);
-        registry.slash(provider, 4, stranger);
-        registry.unlock(provider, 6);
+        registry.slash(id, 1, address(market));
+        vm.expectRevert(abi.encodeWithSelector(ProviderRegistry.UnknownProvider.selector, uint32(0)));
+        registry.unlock(0, 0);
+        vm.expectRevert(abi.encodeWithSelector(ProviderRegistry.UnknownProvider.selector, uint32(9)));
+        registry.unlock(9, 0);
+        vm.expectRevert(abi.encodeWithSelector(ProviderRegistry.NotRegistered.selector, stranger));
+        registry.lock(stranger, 0);
+        assertEq(registry.lock(provider, 10), id, "lock returns the provider id");
+        registry.slash(id, 4, stranger);
+        assertEq(registry.unlock(id, 6), payout, "unlock returns the payout address");
         // Zero amounts are no-ops (bond-free jobs).
-        registry.unlock(provider, 0);
-        registry.slash(provider, 0, stranger);
+        registry.unlock(id, 0);
+        registry.slash(id, 0, stranger);
         vm.stopPrank();
         assertEq(token.balanceOf(stranger), 4, "slashed stake sent");
         assertEq(registry.getProvider(provider).locked, 0, "nothing locked");
