@@ -106,19 +106,32 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
     mapping(address requester => mapping(uint256 word => uint256)) public nonceBitmap;
     mapping(address account => uint256) public balanceOf;
 
-    event OfferPosted(bytes32 indexed jobId, address indexed requester, address indexed provider, JobOffer offer,
-        bytes params, bytes signature);
+    event OfferPosted(
+        bytes32 indexed jobId,
+        address indexed requester,
+        address indexed provider,
+        JobOffer offer,
+        bytes params,
+        bytes signature
+    );
     event OfferCancelled(bytes32 indexed jobId);
     event NonceInvalidated(address indexed requester, uint256 nonce);
     event JobClaimed(bytes32 indexed jobId, address indexed provider, uint64 deadline);
-    event ResultSubmitted(bytes32 indexed jobId, address indexed provider, bytes32 resultRoot, uint64 resultSize,
-        string resultURI, uint64 challengeWindowEnd);
+    event ResultSubmitted(
+        bytes32 indexed jobId,
+        address indexed provider,
+        bytes32 resultRoot,
+        uint64 resultSize,
+        string resultURI,
+        uint64 challengeWindowEnd
+    );
     event JobDisputed(bytes32 indexed jobId, address indexed requester, uint256 disputeBond);
     event DisputeResolved(bytes32 indexed jobId, bool providerWasRight);
     event ChallengeOpened(bytes32 indexed jobId, address indexed verifier);
     event ChallengeClosed(bytes32 indexed jobId, bool fraud, address challenger);
-    event JobFinalized(bytes32 indexed jobId, uint32 indexed providerId, address indexed payout, uint256 amount,
-        uint256 fee);
+    event JobFinalized(
+        bytes32 indexed jobId, uint32 indexed providerId, address indexed payout, uint256 amount, uint256 fee
+    );
     event JobExpired(bytes32 indexed jobId, uint256 refund, uint256 slashed);
     event ProviderSlashed(bytes32 indexed jobId, uint32 indexed providerId, uint256 amount);
     event Credited(address indexed account, uint256 amount);

@@ -50,10 +50,23 @@ contract ProviderRegistry is Ownable2Step {
     uint32 public providerCount;
 
     event MarketSet(address indexed market);
-    event ProviderRegistered(address indexed operator, uint32 indexed id, address payout, Capacity capacity,
-        uint256 priceFloorPerGpuSecond, string endpoint, string metadataURI);
-    event ProviderUpdated(address indexed operator, address indexed payout, Capacity capacity,
-        uint256 priceFloorPerGpuSecond, string endpoint, string metadataURI);
+    event ProviderRegistered(
+        address indexed operator,
+        uint32 indexed id,
+        address payout,
+        Capacity capacity,
+        uint256 priceFloorPerGpuSecond,
+        string endpoint,
+        string metadataURI
+    );
+    event ProviderUpdated(
+        address indexed operator,
+        address indexed payout,
+        Capacity capacity,
+        uint256 priceFloorPerGpuSecond,
+        string endpoint,
+        string metadataURI
+    );
     event ProviderDeregistered(address indexed operator);
     event Staked(address indexed operator, address indexed from, uint256 amount);
     event UnstakeRequested(address indexed operator, uint256 amount, uint64 readyAt);

@@ -35,7 +35,11 @@ contract GpuTokenTest is Test {
         bytes32 structHash = keccak256(
             abi.encode(
                 keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"),
-                holder, address(9), 100, token.nonces(holder), deadline
+                holder,
+                address(9),
+                100,
+                token.nonces(holder),
+                deadline
             )
         );
         bytes32 digest = keccak256(abi.encodePacked("\x19\x01", token.DOMAIN_SEPARATOR(), structHash));

@@ -497,7 +497,9 @@ contract JobMarketTest is MarketFixture {
         (bytes32 id,) = postAndClaim(PAY, BOND);
         uint64 deadline = market.getJob(id).due;
         vm.warp(deadline);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.NotExpirable.selector, id, JobMarket.JobState.Claimed, deadline));
+        vm.expectRevert(
+            abi.encodeWithSelector(JobMarket.NotExpirable.selector, id, JobMarket.JobState.Claimed, deadline)
+        );
         market.expire(id);
         vm.warp(deadline + 1);
         vm.expectEmit(address(market));
@@ -508,7 +510,9 @@ contract JobMarketTest is MarketFixture {
         assertEq(registry.getProvider(provider).stake, STAKE - BOND, "stake slashed");
         assertEq(registry.freeStake(provider), STAKE - BOND, "no longer locked");
         assertEq(token.balanceOf(address(market)), PAY + BOND, "slashed bond moved into the market");
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.NotExpirable.selector, id, JobMarket.JobState.Expired, deadline));
+        vm.expectRevert(
+            abi.encodeWithSelector(JobMarket.NotExpirable.selector, id, JobMarket.JobState.Expired, deadline)
+        );
         market.expire(id);
     }
 
@@ -516,7 +520,9 @@ contract JobMarketTest is MarketFixture {
         (bytes32 id,) = submitted(PAY, BOND);
         JobMarket.Job memory j = market.getJob(id);
         vm.warp(j.due + 365 days);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.NotExpirable.selector, id, JobMarket.JobState.Submitted, j.due));
+        vm.expectRevert(
+            abi.encodeWithSelector(JobMarket.NotExpirable.selector, id, JobMarket.JobState.Submitted, j.due)
+        );
         market.expire(id);
     }
 
@@ -618,7 +624,9 @@ contract JobMarketTest is MarketFixture {
     function test_verifier_reverts() public {
         MockVerifier v = new MockVerifier(WORKLOAD);
         vm.prank(owner);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.VerifierWorkloadMismatch.selector, bytes32(uint256(1)), WORKLOAD));
+        vm.expectRevert(
+            abi.encodeWithSelector(JobMarket.VerifierWorkloadMismatch.selector, bytes32(uint256(1)), WORKLOAD)
+        );
         market.setVerifier(bytes32(uint256(1)), address(v));
         vm.prank(owner);
         market.setVerifier(WORKLOAD, address(v));

@@ -45,15 +45,41 @@ abstract contract Test {
     address[] private _targets;
     FuzzSelector[] private _targetSelectors;
 
-    function assertTrue(bool c, string memory why) internal pure { vm.assertTrue(c, why); }
-    function assertFalse(bool c, string memory why) internal pure { vm.assertFalse(c, why); }
-    function assertEq(uint256 a, uint256 b, string memory why) internal pure { vm.assertEq(a, b, why); }
-    function assertEq(address a, address b, string memory why) internal pure { vm.assertEq(a, b, why); }
-    function assertEq(bytes32 a, bytes32 b, string memory why) internal pure { vm.assertEq(a, b, why); }
-    function assertEq(bool a, bool b, string memory why) internal pure { vm.assertEq(a, b, why); }
-    function assertEq(string memory a, string memory b, string memory why) internal pure { vm.assertEq(a, b, why); }
-    function assertLe(uint256 a, uint256 b, string memory why) internal pure { vm.assertLe(a, b, why); }
-    function assertGe(uint256 a, uint256 b, string memory why) internal pure { vm.assertGe(a, b, why); }
+    function assertTrue(bool c, string memory why) internal pure {
+        vm.assertTrue(c, why);
+    }
+
+    function assertFalse(bool c, string memory why) internal pure {
+        vm.assertFalse(c, why);
+    }
+
+    function assertEq(uint256 a, uint256 b, string memory why) internal pure {
+        vm.assertEq(a, b, why);
+    }
+
+    function assertEq(address a, address b, string memory why) internal pure {
+        vm.assertEq(a, b, why);
+    }
+
+    function assertEq(bytes32 a, bytes32 b, string memory why) internal pure {
+        vm.assertEq(a, b, why);
+    }
+
+    function assertEq(bool a, bool b, string memory why) internal pure {
+        vm.assertEq(a, b, why);
+    }
+
+    function assertEq(string memory a, string memory b, string memory why) internal pure {
+        vm.assertEq(a, b, why);
+    }
+
+    function assertLe(uint256 a, uint256 b, string memory why) internal pure {
+        vm.assertLe(a, b, why);
+    }
+
+    function assertGe(uint256 a, uint256 b, string memory why) internal pure {
+        vm.assertGe(a, b, why);
+    }
 
     /// @dev Maps any fuzzed x into [lo, hi] without discarding runs.
     function bound(uint256 x, uint256 lo, uint256 hi) internal pure returns (uint256) {
@@ -65,8 +91,19 @@ abstract contract Test {
     }
 
     // Invariant-testing hooks that forge reads from the test contract.
-    function targetContract(address target) internal { _targets.push(target); }
-    function targetSelector(FuzzSelector memory s) internal { _targetSelectors.push(s); }
-    function targetContracts() public view returns (address[] memory) { return _targets; }
-    function targetSelectors() public view returns (FuzzSelector[] memory) { return _targetSelectors; }
+    function targetContract(address target) internal {
+        _targets.push(target);
+    }
+
+    function targetSelector(FuzzSelector memory s) internal {
+        _targetSelectors.push(s);
+    }
+
+    function targetContracts() public view returns (address[] memory) {
+        return _targets;
+    }
+
+    function targetSelectors() public view returns (FuzzSelector[] memory) {
+        return _targetSelectors;
+    }
 }
