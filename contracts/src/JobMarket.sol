@@ -216,7 +216,11 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
         if (offer.provider != address(0) && offer.provider != msg.sender) {
             revert ProviderMismatch(offer.provider, msg.sender);
         }
-        uint64 deadline = uint64(block.timestamp) + offer.maxDuration;
+        uint64 deadline;
+        // A wrapped sum is never stored: _post rejects maxDuration above MAX_DURATION with InvalidDuration.
+        unchecked {
+            deadline = uint64(block.timestamp) + offer.maxDuration;
+        }
         uint32 id = registry.lock(msg.sender, offer.providerBond);
         jobId = _post(offer, params, signature, JobState.Claimed, deadline, id);
         emit JobClaimed(jobId, msg.sender, deadline);

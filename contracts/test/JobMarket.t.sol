@@ -324,6 +324,15 @@ contract JobMarketTest is MarketFixture {
         market.claimSigned(o, params, sig);
     }
 
+    function test_claimSigned_revertsOnOverlongDuration() public {
+        JobMarket.JobOffer memory o = makeOffer(PAY, BOND);
+        o.maxDuration = type(uint64).max;
+        bytes memory sig = sign(requesterKey, o);
+        vm.prank(provider);
+        vm.expectRevert(abi.encodeWithSelector(JobMarket.InvalidDuration.selector, o.maxDuration));
+        market.claimSigned(o, params, sig);
+    }
+
     function test_claimSigned_revertsWhenPaused() public {
         JobMarket.JobOffer memory o = makeOffer(PAY, BOND);
         bytes memory sig = sign(requesterKey, o);
