@@ -7,6 +7,7 @@ they exit with status 2 and say so instead of pretending to work.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,8 +17,6 @@ from node.config import ConfigError, load_settings
 
 PENDING = {
     "run": "run the provider node (watch offers, claim, compute, prove, get paid)",
-    "detect": "show the GPUs (or CPU) this machine offers, with capacity",
-    "bench": "measure int8/bf16 throughput and write a capacity attestation",
     "register": "register this provider on chain and stake",
     "status": "show the node's jobs, earnings and health",
     "request": "requester tools: sign, post and verify job offers",
@@ -35,6 +34,35 @@ def _config_check(args: argparse.Namespace) -> int:
     print(f"configuration OK: {source}")
     print(f"  chain {settings.chain.chain_id} via {', '.join(settings.chain.rpc_urls)}")
     print(f"  data dir {settings.node.data_dir}; API {'on' if settings.api.enabled else 'off'}")
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from node.compute.hardware import detect_command  # lazy: keeps --help instant
+
+    return detect_command(args.json)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+
+    from node.compute.bench import benchmark, render
+    from node.compute.hardware import detect
+
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA indices = NVML indices, before torch loads
+    console = Console(stderr=True)
+    cap = detect()
+    with console.status("benchmarking") as status:
+        attestation = benchmark(cap, quick=args.quick, progress=lambda msg: status.update(msg))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(attestation, indent=2) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(attestation, indent=2))
+    else:
+        Console().print(render(attestation))
+        print(f"attestation written to {args.out} (benchmarkHash {attestation['benchmark_hash']})")
     return 0
 
 
@@ -57,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("config", help="validate a configuration file and show what it resolves to")
     check.add_argument("config", nargs="?", type=Path, help="config.toml (default: $GPUNODE_CONFIG)")
     check.set_defaults(func=_config_check)
+
+    detect = sub.add_parser("detect", help="show the GPUs (or the CPU) this machine offers, with capacity")
+    detect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    detect.set_defaults(func=_detect)
+
+    bench = sub.add_parser("bench", help="measure int8/bf16 throughput and write a capacity attestation")
+    bench.add_argument("--out", type=Path, default=Path("attestation.json"), help="attestation file to write")
+    bench.add_argument("--quick", action="store_true", help="smaller matrices and fewer repetitions")
+    bench.add_argument("--json", action="store_true", help="print the attestation as JSON")
+    bench.set_defaults(func=_bench)
 
     for name, text in PENDING.items():
         sub.add_parser(name, help=f"{text} [not yet available]").set_defaults(func=_pending(name))

@@ -241,6 +241,7 @@ class HardwareSettings:
     gpu_memory_fraction: float = _opt(0.9, _float(0, 1, lo_open=True))
     cpu_worker_memory_mb: int = _opt(4096, _int(256))
     job_timeout_s: float = _opt(3600.0, _float(0, 7 * 86400, lo_open=True))
+    queue_per_device: int = _opt(4, _int(1, 1000))
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,8 @@ class PolicySettings:
     allow_requesters: tuple[str, ...] = _opt([], _list(_address()))
     deny_requesters: tuple[str, ...] = _opt([], _list(_address()))
     max_input_bytes: int = _opt(1073741824, _int(1))
+    input_timeout_s: float = _opt(300.0, _float(0, 86400, lo_open=True))
+    allow_file_inputs: bool = _opt(False, _BOOL)
     deadline_margin_pct: float = _opt(25.0, _float(0, 1000))
     max_bond: Decimal = _opt("0", _DECIMAL)  # 0 = no limit
 
