@@ -20,6 +20,7 @@ from node.chain.deploy import ProtocolParams
 from node.chain.devnet import Anvil
 from node.chain.offers import ZERO_ADDRESS, JobOffer, workload_id
 from node.chain.protocol import Capacity, Protocol
+from scripts.devnet import start_devnet  # one deploy path for devnet and demo
 
 TOKEN = 10**18
 STEPS = ("postOffer", "claim", "submitResult", "finalize")
@@ -86,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--jobs", type=int, default=2, help="jobs to run (the first one pays first-use storage)")
     args = ap.parse_args(argv)
-    from scripts.devnet import start_devnet  # one deploy path for devnet and demo
-
     started = time.monotonic()
     with Anvil() as anvil:
         print(f"local chain: anvil at {anvil.url}")

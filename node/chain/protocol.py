@@ -97,8 +97,10 @@ class Protocol:
         return self.send(key, self.market.functions.withdraw())
 
     def job(self, job_id: bytes) -> dict[str, Any]:
-        names = [o["name"] for o in self.market.functions.getJob(job_id).abi["outputs"][0]["components"]]
-        return dict(zip(names, self.market.functions.getJob(job_id).call(), strict=True))
+        """getJob as a dict keyed by the Job struct's field names."""
+        call = self.market.functions.getJob(job_id)
+        names = [o["name"] for o in call.abi["outputs"][0]["components"]]
+        return dict(zip(names, call.call(), strict=True))
 
     def withdrawable(self, who: str) -> int:
         return self.market.functions.balanceOf(who).call()

@@ -152,29 +152,10 @@ def require_int(params: dict[str, Any], key: str, low: int, high: int) -> int:
 
 
 def save_safetensors(tensors: dict[str, Any], path: str, metadata: dict[str, str] | None = None) -> None:
-    """Write tensors as a safetensors file.
+    """Write tensors as a safetensors file, from any device and layout (outputs may be CUDA or strided)."""
+    from safetensors.torch import save_file
 
-    ``safetensors.torch.save_file`` needs numpy, which is not a dependency of this node; the format
-    itself only needs each tensor's raw little-endian bytes, which torch can hand over directly.
-    """
-    import ctypes
-    import sys
-
-    import safetensors
-
-    if sys.byteorder != "little":
-        raise RuntimeError("safetensors data is little-endian; big-endian hosts are not supported")
-    alive = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    spec_cls = getattr(safetensors, "TensorSpec", None)
-    specs: dict[str, Any] = {}
-    for name, t in alive.items():
-        dtype, nbytes = str(t.dtype).removeprefix("torch."), t.numel() * t.element_size()
-        if spec_cls is not None:  # safetensors >= 0.7: raw pointers, no copy
-            specs[name] = spec_cls(dtype=dtype, shape=list(t.shape), data_ptr=t.data_ptr(), data_len=nbytes)
-        else:
-            data = ctypes.string_at(t.data_ptr(), nbytes) if nbytes else b""
-            specs[name] = {"dtype": dtype, "shape": list(t.shape), "data": data}
-    safetensors.serialize_file(specs, path, metadata=metadata)
+    save_file({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}, path, metadata=metadata)
 
 
 _BY_ID: dict[bytes, Workload] = {}
