@@ -181,6 +181,11 @@ _WORKLOAD = _str('a workload id "name/vN", e.g. "matmul-int8/v1"',
 _LABEL = _str("a label of at most 64 printable characters", lambda s: len(s) <= 64 and s.isprintable())
 _HOST = _str("a host name or IP address", lambda s: 0 < len(s) <= 253 and not any(c.isspace() for c in s))
 _HTTP = ("http", "https")
+# Another GPUNODE_* name would collide with the settings' own variables, which reject unknown names.
+_ENV_NAME = _str(f"an environment variable name (letters, digits, _), not starting with {ENV_PREFIX} "
+                 f"unless it is {ENV_WALLET_PASSWORD}",
+                 lambda s: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s)
+                 and (not s.startswith(ENV_PREFIX) or s == ENV_WALLET_PASSWORD))
 
 
 def _opt(raw: Any, spec: _Spec) -> Any:
@@ -217,16 +222,18 @@ class ChainSettings:
     max_fee_gwei: float = _opt(200.0, _float(0, lo_open=True))
     priority_fee_gwei: float = _opt(1.0, _float(0))
     bump_after_blocks: int = _opt(3, _int(1, 1000))
+    reorg_depth: int = _opt(64, _int(1, 1024))
     start_block: int | None = _opt("", _OPT_BLOCK)
 
 
 @dataclass(frozen=True)
 class WalletSettings:
     """Where the signing key lives. The password itself never enters Settings (see
-    read_wallet_password): it comes from $GPUNODE_WALLET_PASSWORD or from `password_file`."""
+    read_wallet_password): it comes from the variable named by `password_env` or from `password_file`."""
 
     keystore: Path | None = _opt("", _path(empty_ok=True))
     password_file: Path | None = _opt("", _path(empty_ok=True))
+    password_env: str = _opt(ENV_WALLET_PASSWORD, _ENV_NAME)
 
 
 @dataclass(frozen=True)
@@ -468,11 +475,12 @@ def default_settings() -> Settings:
 def read_wallet_password(settings: Settings, env: Mapping[str, str] | None = None) -> str | None:
     """Fetch the keystore password only when needed, so it never lives in Settings, its repr or logs.
 
-    $GPUNODE_WALLET_PASSWORD wins over wallet.password_file; None means neither is set.
+    The variable named by wallet.password_env ($GPUNODE_WALLET_PASSWORD by default) wins over
+    wallet.password_file; None means neither is set.
     """
     env = os.environ if env is None else env
-    if ENV_WALLET_PASSWORD in env:
-        return env[ENV_WALLET_PASSWORD]
+    if settings.wallet.password_env in env:
+        return env[settings.wallet.password_env]
     pw_file = settings.wallet.password_file
     if pw_file is None:
         return None
