@@ -335,6 +335,22 @@ def test_password_never_in_settings(tmp_path: Path) -> None:
         read_wallet_password(s, env={})
 
 
+def test_password_env_names_the_variable(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, "[wallet]\npassword_env = 'MY_NODE_PW'\n"), env={})
+    assert s.wallet.password_env == "MY_NODE_PW"
+    assert read_wallet_password(s, env={"MY_NODE_PW": "pw"}) == "pw"
+    assert read_wallet_password(s, env={"GPUNODE_WALLET_PASSWORD": "pw"}) is None  # only the named one counts
+    s = load_settings(write(tmp_path, ""), env={"GPUNODE_WALLET_PASSWORD_ENV": "_OTHER_PW"})
+    assert read_wallet_password(s, env={"_OTHER_PW": "pw2"}) == "pw2"
+
+
+@pytest.mark.parametrize("name", ["GPUNODE_MY_PW", "GPUNODE_API_PORT", "1PW", "MY-PW", "MY PW", ""])
+def test_password_env_rejects_bad_names(tmp_path: Path, name: str) -> None:
+    [msg] = errors(tmp_path, f"[wallet]\npassword_env = '{name}'\n")
+    assert msg.startswith(f"{tmp_path / 'config.toml'}: wallet.password_env: must be an environment variable name")
+    assert "not starting with GPUNODE_ unless it is GPUNODE_WALLET_PASSWORD" in msg and repr(name) in msg
+
+
 def test_to_base_units() -> None:
     assert to_base_units(Decimal("1.5"), 18) == 1_500_000_000_000_000_000
     assert to_base_units(Decimal("123456789012345678901234567890.123456789012345678"), 18) == (
