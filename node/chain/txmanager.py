@@ -241,7 +241,13 @@ class TxManager:
             try:
                 for intent in intents:
                     async with self._key_locks[intent.key]:
-                        await self._check(intent.key, head)
+                        try:
+                            await self._check(intent.key, head)
+                        except (RpcError, Web3RPCError):
+                            raise  # the chain is unreachable: no point going on with this pass
+                        except Exception:  # one bad record must not hold up every other intent
+                            self.errors += 1
+                            log.exception("%s: check failed; retrying at the next head", intent.key)
             finally:
                 self._notify()
 

@@ -14,6 +14,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from node.chain.fees import GWEI, FeePolicy
+from node.chain.keys import Signer
 from node.chain.rpc import RpcClient
 from node.chain.txmanager import TxManager
 from node.chain.txstore import TxStore
@@ -44,18 +45,19 @@ async def nonce(rpc: RpcClient, address: str) -> int:
 class TxEnv:
     rpc: RpcClient
     store: TxStore
-    signer: LocalAccount
+    signer: Signer  # what the node signs with: a keystore's unlocked key that shows only its address
     txm: TxManager
     db_path: Path
 
 
 @contextlib.asynccontextmanager
-async def tx_env(url: str | list[str], db_path: Path, *, signer: LocalAccount | None = None, ceiling_gwei: float = 500,
-                 tip_gwei: float = 0.1, confirmations: int = 1, bump_after: int = 2,
+async def tx_env(url: str | list[str], db_path: Path, *, signer: LocalAccount | Signer | None = None,
+                 ceiling_gwei: float = 500, tip_gwei: float = 0.1, confirmations: int = 1, bump_after: int = 2,
                  run: bool = True) -> AsyncIterator[TxEnv]:
     rpc = RpcClient([url] if isinstance(url, str) else url, timeout=5, poll_interval=0.05)
     store = TxStore(db_path)
     signer = signer or await fund(rpc)
+    signer = signer if isinstance(signer, Signer) else Signer(signer)
     policy = FeePolicy(ceiling=int(ceiling_gwei * GWEI), min_tip=int(tip_gwei * GWEI))
     txm = TxManager(rpc, store, signer, await rpc.chain_id(), policy, confirmations=confirmations,
                     bump_after_blocks=bump_after, reorg_depth=16)
