@@ -4,6 +4,8 @@ transactions, reorgs. Crash tests live in test_txmanager_crash.py."""
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 
 import pytest
 from eth_account import Account
@@ -24,13 +26,20 @@ def own_anvil():
         yield node
 
 
+def _rpc(url: str, method: str, params: list) -> object:
+    """Plain JSON-RPC with a timeout, so a stuck chain fails the fixture instead of hanging the run."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as reply:
+        return json.loads(reply.read())["result"]
+
+
 @pytest.fixture
 def url(own_anvil):
-    w3 = Web3(Web3.HTTPProvider(own_anvil.url))
-    snap = w3.provider.make_request("evm_snapshot", [])["result"]
+    snap = _rpc(own_anvil.url, "evm_snapshot", [])
     yield own_anvil.url
-    w3.provider.make_request("evm_setAutomine", [True])
-    assert w3.provider.make_request("evm_revert", [snap])["result"] is True
+    _rpc(own_anvil.url, "evm_setAutomine", [True])
+    assert _rpc(own_anvil.url, "evm_revert", [snap]) is True
 
 
 async def test_fifty_concurrent_sends_one_nonce_each(url, tmp_path):
@@ -38,8 +47,8 @@ async def test_fifty_concurrent_sends_one_nonce_each(url, tmp_path):
         to = Account.create().address
         keys = [f"pay:{i}" for i in range(50)]
         # Each key is asked for twice, at the same moment: one transaction per key all the same.
-        calls = [env.txm.send(k, to, value=i + 1, timeout=60) for i, k in enumerate(keys)]
-        calls += [env.txm.send(k, to, value=i + 1, timeout=60) for i, k in enumerate(keys[:10])]
+        calls = [env.txm.send(k, to, value=i + 1, timeout=240) for i, k in enumerate(keys)]
+        calls += [env.txm.send(k, to, value=i + 1, timeout=240) for i, k in enumerate(keys[:10])]
         async with manual_mining(env.rpc, interval=0.2):  # many sends per block: the chain's count lags
             outcomes = await asyncio.gather(*calls)
         assert all(o.state is TxState.CONFIRMED for o in outcomes), {o.state for o in outcomes}
