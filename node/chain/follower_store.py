@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.sqlite import open_sqlite, write_transaction
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS follower_cursor (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -80,11 +82,8 @@ class FollowerStore:
     def __init__(self, db_path: Path | str, addresses: Mapping[str, str]) -> None:
         self._addresses = json.dumps({k: v.lower() for k, v in sorted(addresses.items())})
         self._lock = threading.Lock()  # one connection shared by worker threads, one statement at a time
-        self._db = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_sqlite(db_path, _SCHEMA)
         try:
-            self._db.executescript(_SCHEMA)
             self.cursor = self._load_cursor()
         except BaseException:
             self._db.close()
@@ -123,35 +122,29 @@ class FollowerStore:
         in one transaction; forgets blocks and logs below ``keep_from``, which can no longer be reorged."""
         rows = [(lg.block_number, lg.log_index, lg.block_hash, lg.tx_hash, lg.address, b"".join(lg.topics), lg.data)
                 for lg in logs]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._set_cursor(cursor)
-                self._db.execute("INSERT OR REPLACE INTO follower_blocks (number, hash) VALUES (?, ?)",
-                                 (cursor.number, cursor.hash))
-                self._db.executemany("INSERT OR REPLACE INTO follower_logs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                self._db.execute("DELETE FROM follower_blocks WHERE number < ?", (keep_from,))
-                self._db.execute("DELETE FROM follower_logs WHERE block_number < ?", (keep_from,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+
+        def write(db: sqlite3.Connection) -> None:
+            self._set_cursor(cursor)
+            db.execute("INSERT OR REPLACE INTO follower_blocks (number, hash) VALUES (?, ?)",
+                       (cursor.number, cursor.hash))
+            db.executemany("INSERT OR REPLACE INTO follower_logs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute("DELETE FROM follower_blocks WHERE number < ?", (keep_from,))
+            db.execute("DELETE FROM follower_logs WHERE block_number < ?", (keep_from,))
+
+        write_transaction(self._db, self._lock, write)
         self.cursor = cursor
 
     def rewind(self, ancestor: Cursor) -> None:
         """Forgets every block above the common ancestor (after their removals were delivered)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._set_cursor(ancestor)
-                self._db.execute("DELETE FROM follower_blocks WHERE number > ?", (ancestor.number,))
-                self._db.execute("INSERT OR REPLACE INTO follower_blocks (number, hash) VALUES (?, ?)",
-                                 (ancestor.number, ancestor.hash))
-                self._db.execute("DELETE FROM follower_logs WHERE block_number > ?", (ancestor.number,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+
+        def write(db: sqlite3.Connection) -> None:
+            self._set_cursor(ancestor)
+            db.execute("DELETE FROM follower_blocks WHERE number > ?", (ancestor.number,))
+            db.execute("INSERT OR REPLACE INTO follower_blocks (number, hash) VALUES (?, ?)",
+                       (ancestor.number, ancestor.hash))
+            db.execute("DELETE FROM follower_logs WHERE block_number > ?", (ancestor.number,))
+
+        write_transaction(self._db, self._lock, write)
         self.cursor = ancestor
 
     def _set_cursor(self, cursor: Cursor) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from node.sqlite import open_sqlite, write_transaction
+
 
 class TxState(StrEnum):
     QUEUED = "queued"  # intent stored; not signed yet (no nonce)
@@ -87,28 +89,15 @@ _INTENT_COLS = ("key, sender, to_addr, data, value, gas, nonce, state, reason, t
 class TxStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # an intent must survive power loss, not just a crash
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
+        self._db = open_sqlite(self.path, _SCHEMA)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _tx(self, fn):  # one short write transaction, serialised across threads
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return out
+    def _tx(self, fn):
+        return write_transaction(self._db, self._lock, fn)
 
     def get(self, key: str) -> Intent | None:
         with self._lock:

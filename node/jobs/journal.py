@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from node.jobs.state import TERMINAL, UNDER_DEADLINE, IllegalTransition, JobState, check
+from node.sqlite import open_sqlite, write_transaction
 
 UINT256_MAX = 2**256 - 1
 UINT64_MAX = 2**64 - 1
@@ -171,30 +172,16 @@ _REQUIRED: dict[JobState, tuple[str, ...]] = {JobState.CLAIMED: ("deadline",), J
 class Journal:
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a recorded claim must survive power loss, not just a crash
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._db = open_sqlite(self.path, _SCHEMA)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:  # one short write transaction
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return out
+    def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        return write_transaction(self._db, self._lock, fn)
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
