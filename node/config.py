@@ -206,6 +206,7 @@ class NodeSettings:
     log_level: str = _opt("info", _choice("debug", "info", "warning", "error"))
     log_json: bool = _opt(False, _BOOL)
     name: str = _opt("", _LABEL)
+    shutdown_grace_s: float = _opt(300.0, _float(0, 86400))
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,9 @@ class PricingSettings:
     price_per_gpu_second: Decimal = _opt("0.0001", _DECIMAL)
     electricity_price_per_kwh: Decimal = _opt("0", _DECIMAL)
     min_margin_pct: float = _opt(10.0, _float(0, 1000))
+    min_job_seconds: float = _opt(1.0, _float(0, 86400))
+    assumed_job_seconds: float = _opt(60.0, _float(0, 7 * 86400, lo_open=True))
+    device_watts: float = _opt(0.0, _float(0, 100000))
 
     @property
     def price_per_gpu_second_units(self) -> int:
@@ -288,6 +292,7 @@ class ApiSettings:
     host: str = _opt("127.0.0.1", _HOST)
     port: int = _opt(8600, _int(1, 65535))
     public_url: str = _opt("", _url(*_HTTP, empty_ok=True))
+    signature_window_s: int = _opt(120, _int(5, 3600))
 
 
 @dataclass(frozen=True)
@@ -295,6 +300,7 @@ class PayoutSettings:
     """Where earnings go and how much ETH stays behind to keep paying for gas."""
 
     address: str = _opt("", _address(empty_ok=True))
+    withdraw_threshold: Decimal = _opt("0", _DECIMAL)
     sweep_to: str = _opt("", _address(empty_ok=True))
     sweep_threshold: Decimal = _opt("0", _DECIMAL)
     gas_reserve_eth: Decimal = _opt("0.05", _DECIMAL)

@@ -442,11 +442,23 @@ contract JobMarket is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712 {
         _withdraw(to);
     }
 
+    /// @notice Pays `account`'s whole balance out to `account` itself. Anyone may trigger it, since the money
+    ///         can only go to its owner: a provider node holding just its operator key moves its earnings to
+    ///         the (cold) payout address this way, which never needs to sign anything.
+    function withdrawFor(address account) external nonReentrant {
+        if (account == address(0)) revert ZeroAddress();
+        _withdrawFrom(account, account);
+    }
+
     function _withdraw(address to) private {
-        uint256 amount = balanceOf[msg.sender];
+        _withdrawFrom(msg.sender, to);
+    }
+
+    function _withdrawFrom(address account, address to) private {
+        uint256 amount = balanceOf[account];
         if (amount == 0) revert NothingToWithdraw();
-        balanceOf[msg.sender] = 0;
-        emit Withdrawn(msg.sender, to, amount);
+        balanceOf[account] = 0;
+        emit Withdrawn(account, to, amount);
         token.safeTransfer(to, amount);
     }
 

@@ -679,6 +679,28 @@ contract JobMarketTest is MarketFixture {
         vm.prank(stranger);
         vm.expectRevert(JobMarket.ZeroAddress.selector);
         market.withdrawTo(address(0));
+        vm.expectRevert(JobMarket.ZeroAddress.selector);
+        market.withdrawFor(address(0));
+        vm.expectRevert(JobMarket.NothingToWithdraw.selector);
+        market.withdrawFor(payout);
+    }
+
+    function test_withdrawFor_pays_only_the_account_itself() public {
+        (bytes32 id,) = submitted(PAY, BOND);
+        vm.warp(block.timestamp + WINDOW);
+        market.finalize(id);
+        uint256 owed = market.balanceOf(payout);
+        assertGe(owed, 1, "credited");
+        uint256 callerTokens = token.balanceOf(provider);
+        vm.expectEmit(address(market));
+        emit JobMarket.Withdrawn(payout, payout, owed);
+        vm.prank(provider); // the node's operator key triggers it; the money still goes to the payout address
+        market.withdrawFor(payout);
+        assertEq(token.balanceOf(payout), owed, "paid to the payout address");
+        assertEq(token.balanceOf(provider), callerTokens, "never to the caller");
+        assertEq(market.balanceOf(payout), 0, "balance cleared");
+        vm.expectRevert(JobMarket.NothingToWithdraw.selector);
+        market.withdrawFor(payout);
     }
 
     // ------------------------------------------------------------ owner
