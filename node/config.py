@@ -280,6 +280,7 @@ class PolicySettings:
     max_input_bytes: int = _opt(1073741824, _int(1))
     input_timeout_s: float = _opt(300.0, _float(0, 86400, lo_open=True))
     allow_file_inputs: bool = _opt(False, _BOOL)
+    allow_private_inputs: bool = _opt(False, _BOOL)
     deadline_margin_pct: float = _opt(25.0, _float(0, 1000))
     max_bond: Decimal = _opt("0", _DECIMAL)  # 0 = no limit
 
