@@ -54,3 +54,13 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def count_tx(self, step: str, outcome: object) -> None:
+        """Counts a settled transaction (a chain.txmanager TxOutcome) and, when it was mined, its gas."""
+        state = getattr(getattr(outcome, "state", None), "value", str(getattr(outcome, "state", "unknown")))
+        self.tx_attempts.labels(step, state).inc()
+        receipt = getattr(outcome, "receipt", None) or {}
+        used = int(receipt.get("gasUsed", 0) or 0)
+        if used:
+            self.gas_used.labels(step).inc(used)
+            self.gas_spent.labels(step).inc(used * int(receipt.get("effectiveGasPrice", 0) or 0))

@@ -1,117 +1,220 @@
-"""The protocol demo behind ``make demo``: one GPU job's whole on-chain life on an embedded local chain.
+"""``make demo``: the real provider node earning on an embedded local chain, in a few minutes on a CPU.
 
-Starts anvil, deploys, registers and stakes a provider, has a requester sign an offer with eth-account,
-posts it, claims it, commits a result, lets the challenge window pass, finalizes and withdraws to the
-provider's payout address, printing each step with its gas and the balances at the end.
-(The node service issue replaces the hand-driven provider steps with the real daemon.)
+1. Starts anvil (1 s blocks), deploys the contracts and funds a requester and a provider.
+2. Provisions the provider as an operator would: a keystore, a benchmark of this machine, registration
+   with the benchmark's hash, stake, and a config file. Then starts ``gpunode run`` as a daemon.
+3. A requester posts a mix of jobs: matmul-int8 of three sizes and a torch-export model (its bundle served
+   from a local HTTP server) on chain, one direct offer to the node's API, one offer priced below the
+   node's floor and one direct offer with a forged signature.
+4. Shows each job's progress; the good ones are claimed, run, committed and submitted, the chain clock
+   jumps past the challenge window, and the node finalizes them and pays out to the payout address.
+   The bad ones are rejected with their reasons.
+5. Downloads one result with a signed request and checks it against the root on chain, stops the node
+   with SIGTERM and prints a summary: jobs, earnings, gas per job and time per stage.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
+import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from collections import defaultdict
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
-from eth_utils import keccak
 from web3 import Web3
 
+from node.api.auth import sign_result_request
 from node.chain.deploy import ProtocolParams
 from node.chain.devnet import Anvil
-from node.chain.offers import ZERO_ADDRESS, JobOffer, workload_id
-from node.chain.protocol import Capacity, Protocol
-from scripts.devnet import start_devnet  # one deploy path for devnet and demo
+from node.chain.protocol import Protocol
+from node.compute.commitment import commit_bytes
+from scripts.devnet import start_devnet
+from scripts.localnode import TOKEN, envelope, job_id, offer, provision
 
-TOKEN = 10**18
-STEPS = ("postOffer", "claim", "submitResult", "finalize")
-DIRECT_STEPS = ("claimSigned", "submitResult", "finalize")
-
-
-@dataclass
-class RoundTrip:
-    job_id: bytes
-    gas: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return sum(self.gas.values())
+WINDOW = 120
+STAGES = (("claim", "validated", "claimed"), ("fetch", "fetching", "running"), ("run", "running", "committed"),
+          ("submit", "committed", "submitted"), ("finalize", "submitted", "finalized"), ("payout", "finalized", "paid"))
 
 
-def advance_time(w3: Web3, seconds: int) -> None:
-    """Devnet only: jump the chain clock (anvil's evm_increaseTime) and mine a block."""
-    w3.provider.make_request("evm_increaseTime", [seconds])
-    w3.provider.make_request("evm_mine", [])
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
 
 
-def setup_provider(proto: Protocol, operator_key: str, payout: str, stake: int) -> None:
-    cap = Capacity("cpu (demo)", 1, 0, 0, 0, keccak(text="no benchmark yet"))
-    proto.register(operator_key, payout, cap, price_floor=10**12, endpoint="http://127.0.0.1:8600")
-    proto.stake(operator_key, stake)
+def serve_dir(path: Path) -> tuple[ThreadingHTTPServer, str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def round_trip(proto: Protocol, requester_key: str, operator_key: str, *, nonce: int, direct: bool = False,
-               payment: int = 50 * TOKEN, bond: int = 5 * TOKEN, log=print) -> RoundTrip:
-    """Runs one job to payment and returns its id and the gas of each transaction. `direct`: the offer is
-    addressed to the provider and posted+claimed in one claimSigned transaction (the API path)."""
-    w3 = proto.w3
-    params = b'{"m":256,"k":256,"n":256,"seed":7}'
-    now = w3.eth.get_block("latest")["timestamp"]
-    offer = JobOffer(
-        requester=proto.account(requester_key).address,
-        provider=proto.account(operator_key).address if direct else ZERO_ADDRESS,
-        workload=workload_id("matmul-int8/v1"), paramsHash=keccak(params), inputHash=b"\x00" * 32,
-        inputURI="", payment=payment, providerBond=bond, maxDuration=3600, expiry=now + 600, nonce=nonce,
-    )
-    job_id = proto.job_id(offer)
-    result = RoundTrip(job_id)
-    signature = proto.sign(requester_key, offer)
-    what = f"job {job_id.hex()[:16]}…  payment {payment / TOKEN:g} GPU, bond {bond / TOKEN:g} GPU"
-    if direct:
-        result.gas["claimSigned"] = proto.claim_signed(operator_key, offer, params, signature)["gasUsed"]
-        log(f"  direct offer posted and claimed in one transaction: {what}")
-    else:
-        result.gas["postOffer"] = proto.post(requester_key, offer, params, signature)["gasUsed"]
-        log(f"  posted   {what}")
-        result.gas["claim"] = proto.claim(operator_key, job_id)["gasUsed"]
-        log("  claimed  by the provider (bond locked from its stake)")
-    root = keccak(b"demo result")
-    result.gas["submitResult"] = proto.submit(operator_key, job_id, root, 4096, "http://127.0.0.1:8600/r")["gasUsed"]
-    log(f"  committed result root {root.hex()[:16]}…; challenge window open")
-    advance_time(w3, proto.market.functions.challengeWindow().call())
-    result.gas["finalize"] = proto.finalize(requester_key, job_id)["gasUsed"]
-    log("  finalized after the window: payment credited to the provider's payout address")
-    return result
+def model_bundle(path: Path) -> bytes:
+    """A small MLP exported with torch.export: what a requester ships for a torch-export/v1 job."""
+    import torch
+
+    from node.compute.workloads.torch_export import make_bundle
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).eval()
+    make_bundle(model, [torch.randn(32, 64)], str(path), input_names=["x"])
+    return path.read_bytes()
+
+
+def matmul(size: int, seed: int) -> bytes:
+    return json.dumps({"m": size, "k": size, "n": size, "seed": seed}, separators=(",", ":")).encode()
+
+
+def gas_of(w3: Web3, tx_hash: bytes) -> int:
+    return w3.eth.get_transaction_receipt(tx_hash)["gasUsed"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--jobs", type=int, default=2, help="jobs to run (the first one pays first-use storage)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keep", type=Path, help="keep the node's data directory here instead of a temp dir")
     args = ap.parse_args(argv)
     started = time.monotonic()
-    with Anvil() as anvil:
-        print(f"local chain: anvil at {anvil.url}")
-        dep, keys = start_devnet(anvil, 4, 1_000_000, ProtocolParams(), deployments_dir=None)
-        proto = Protocol(Web3(Web3.HTTPProvider(anvil.url)), dep)
+    work = Path(tempfile.mkdtemp(prefix="gpunode-demo-")) if args.keep is None else args.keep
+    work.mkdir(parents=True, exist_ok=True)
+    say = partial(print, flush=True)
+    with Anvil(block_time=1) as anvil:
+        say(f"[1/5] local chain: anvil at {anvil.url} (1 s blocks); deploying")
+        dep, keys = start_devnet(anvil, 4, 1_000_000, ProtocolParams(challenge_window_s=WINDOW),
+                                 deployments_dir=work, log=lambda *_: None)
+        w3 = Web3(Web3.HTTPProvider(anvil.url))
+        proto = Protocol(w3, dep)
         requester, operator, payout = keys[1], keys[2], proto.account(keys[3]).address
-        setup_provider(proto, operator, payout, stake=100 * TOKEN)
-        proto.approve(requester, dep.market, 2**256 - 1)
-        print(f"provider {proto.account(operator).address} registered; payout address {payout}")
-        trips = []
-        for i in range(args.jobs):
-            print(f"job {i + 1}:")
-            trips.append(round_trip(proto, requester, operator, nonce=i))
-        print(f"job {args.jobs + 1} (direct offer, as sent to a provider's API):")
-        direct = round_trip(proto, requester, operator, nonce=args.jobs, direct=True)
-        before = proto.balance(payout)
-        proto.withdraw(keys[3])
-        print(f"payout address withdrew {(proto.balance(payout) - before) / TOKEN:g} GPU")
-        print("\ngas per step (job 1 | last job):")
-        for step in STEPS:
-            print(f"  {step:<13} {trips[0].gas[step]:>8,} | {trips[-1].gas[step]:>8,}")
-        print(f"  {'total':<13} {trips[0].total:>8,} | {trips[-1].total:>8,}")
-        print("direct offer: " + ", ".join(f"{k} {v:,}" for k, v in direct.gas.items()) + f"; total {direct.total:,}")
-    print(f"done in {time.monotonic() - started:.1f}s")
-    return 0
+        say("[2/5] provider: keystore, benchmark of this machine (about 20 s), registration, 1000 GPU stake")
+        node = provision(proto, anvil.url, work / f"{dep.chain_id}.json", operator, payout, work / "node",
+                         bench=work / "bench.json")
+        bench = json.loads((work / "bench.json").read_text())
+        for d in bench["devices"]:
+            say(f"      {d['device']}: {d['name']}  int8 {d['int8_tops']:.4f} TOPS, {d['float_kind']} "
+                f"{d['float_tflops']:.3f} TFLOPS  (benchmark hash {bench['benchmark_hash'][:18]}…)")
+        node.start()
+        say(f"      node {node.address} running, API {node.api}, payout address {payout}")
+        try:
+            return run_jobs(proto, node, requester, keys, work, say, started)
+        finally:
+            code = node.stop()
+            say(f"node stopped with SIGTERM: exit code {code}")
+
+
+def run_jobs(proto, node, requester, keys, work, say, started) -> int:
+    w3 = proto.w3
+    proto.approve(requester, proto.deployment.market, 2**256 - 1)
+    inputs = work / "inputs"
+    inputs.mkdir(exist_ok=True)
+    bundle = model_bundle(inputs / "mlp.safetensors")
+    server, base = serve_dir(inputs)
+    say("[3/5] requester posts jobs")
+    jobs: dict[str, str] = {}
+    nonce = iter(range(1, 100))
+    for size in (256, 512, 1024):
+        o, sig = offer(proto, requester, matmul(size, size), nonce=next(nonce), payment=2 * TOKEN)
+        proto.post(requester, o, matmul(size, size), sig)
+        jobs[job_id(proto, o)] = f"matmul-int8 {size}³"
+    params = b'{"inputs":["x"]}'
+    o, sig = offer(proto, requester, params, nonce=next(nonce), payment=2 * TOKEN, workload="torch-export/v1",
+                   input_uri=f"{base}/mlp.safetensors", input_hash=hashlib.sha256(bundle).digest())
+    proto.post(requester, o, params, sig)
+    jobs[job_id(proto, o)] = "torch-export MLP"
+    o, sig = offer(proto, requester, matmul(128, 1), nonce=next(nonce), payment=10**9)
+    proto.post(requester, o, matmul(128, 1), sig)
+    cheap = job_id(proto, o)
+    jobs[cheap] = "below the price floor"
+    o, sig = offer(proto, requester, matmul(192, 2), nonce=next(nonce), payment=2 * TOKEN, provider=node.address)
+    status, body, _ = node.request("/offers", body=envelope(proto, o, matmul(192, 2), sig))
+    say(f"      direct offer to the node's API: HTTP {status} {json.loads(body).get('state')}")
+    jobs[job_id(proto, o)] = "matmul-int8 192³ (direct)"
+    forged, _ = offer(proto, requester, matmul(64, 3), nonce=next(nonce), payment=2 * TOKEN)
+    status, body, _ = node.request("/offers", body=envelope(proto, forged, matmul(64, 3), proto.sign(keys[0], forged)))
+    reply = json.loads(body)
+    say(f"      forged direct offer: HTTP {status} rejected: {reply.get('code')}: {reply.get('reason')}")
+    if status != 422:
+        say("FAILED: the forged offer was not rejected")
+        return 1
+
+    say("[4/5] progress")
+    good = [j for j in jobs if j != cheap]
+    seen: dict[str, str] = {}
+
+    def progress(targets: set[str]) -> bool:
+        listing = node.jobs()
+        for j, label in jobs.items():
+            state = listing.get(j, {}).get("state", "?")
+            if seen.get(j) != state:
+                seen[j] = state
+                extra = f" ({listing[j]['code']}: {listing[j]['reason']})" if state == "rejected" else ""
+                say(f"      {j[:12]}…  {label:<28} {state}{extra}")
+        return all(listing.get(j, {}).get("state") in targets for j in good) and \
+            listing.get(cheap, {}).get("state") == "rejected"
+
+    node.wait(lambda: progress({"submitted", "finalized", "paid"}), 300, "every good job submitted", poll=0.5)
+    say(f"      all results committed on chain; the chain clock jumps {WINDOW} s past the challenge window")
+    w3.provider.make_request("evm_increaseTime", [WINDOW + 1])
+    w3.provider.make_request("evm_mine", [])
+    node.wait(lambda: progress({"paid"}), 180, "every good job paid", poll=0.5)
+    server.shutdown()
+
+    say("[5/5] checks and summary")
+    first = good[0]
+    headers = sign_result_request(requester, first, node.address, proto.deployment.chain_id)
+    status, result, _ = node.request(f"/results/{first}", headers=headers)
+    root = proto.job(bytes.fromhex(first[2:]))["resultRoot"]
+    ok = status == 200 and commit_bytes(result).root == root
+    say(f"      result of {first[:12]}… downloaded with the requester's signature: {len(result):,} bytes, "
+        f"root {'matches' if ok else 'DOES NOT MATCH'} the chain")
+    stranger = sign_result_request(keys[0], first, node.address, proto.deployment.chain_id)
+    code = node.request(f"/results/{first}", headers=stranger)[0]
+    say(f"      the same download signed by someone else: HTTP {code}")
+    summary(proto, node, jobs, good, cheap, say)
+    say(f"done in {time.monotonic() - started:.0f} s")
+    return 0 if ok else 1
+
+
+def summary(proto, node, jobs, good, cheap, say) -> None:
+    w3, market = proto.w3, proto.market
+    gas: dict[str, int] = defaultdict(int)
+    shared: dict[bytes, int] = defaultdict(int)
+    for name in ("JobClaimed", "ResultSubmitted", "JobFinalized"):
+        for ev in getattr(market.events, name)().get_logs(from_block=0):
+            j = "0x" + ev["args"]["jobId"].hex()
+            if j not in good:
+                continue
+            if name == "JobFinalized":
+                shared[ev["transactionHash"]] += 1
+            else:
+                gas[j] += gas_of(w3, ev["transactionHash"])
+    for tx, n in shared.items():  # a finalizeMany pays for several jobs: share its gas
+        per = gas_of(w3, tx) // n
+        for ev in market.events.JobFinalized().get_logs(from_block=0):
+            if ev["transactionHash"] == tx and "0x" + ev["args"]["jobId"].hex() in good:
+                gas["0x" + ev["args"]["jobId"].hex()] += per
+    withdraws = market.events.Withdrawn().get_logs(from_block=0)
+    withdraws = [ev for ev in withdraws if ev["args"]["account"] == node.payout]
+    withdraw_gas = sum(gas_of(w3, ev["transactionHash"]) for ev in withdraws)
+    stages: dict[str, list[float]] = defaultdict(list)
+    say(f"      {'job':<14} {'workload':<28} {'state':<6} {'gas':>9}")
+    for j in good:
+        at = {h["to"]: h["at"] for h in node.job(j)["history"]}
+        for stage, a, b in STAGES:
+            if a in at and b in at:
+                stages[stage].append(at[b] - at[a])
+        say(f"      {j[:12]}…  {jobs[j]:<28} {node.jobs()[j]['state']:<6} {gas[j]:>9,}")
+    say(f"      {cheap[:12]}…  {jobs[cheap]:<28} rejected (below_price_floor)")
+    status = node.get("/status")
+    earned = int(status["earnings"]["withdrawn_units"])
+    say(f"      earnings paid out to {node.payout}: {earned / TOKEN:g} GPU (token balance "
+        f"{proto.balance(node.payout) / TOKEN:g} GPU)")
+    say(f"      gas per job (claim + submit + share of finalizeMany): {sum(gas.values()) // len(good):,}; "
+        f"payout withdrawals: {withdraw_gas:,} gas in {len(withdraws)} tx")
+    say("      time per stage (mean s): " + ", ".join(
+        f"{s} {sum(v) / len(v):.2f}" for s, v in stages.items() if v) + " (finalize includes the window jump)")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,16 @@ def decode_revert(data: bytes | str) -> str:
         return f"{name}(<undecodable>)"
     shown = [("0x" + a.hex()) if isinstance(a, bytes) else str(a) for a in args]
     return f"{name}({', '.join(shown)})"
+
+
+@cache
+def _encoder(name: str) -> Any:
+    from web3 import Web3
+
+    return Web3().eth.contract(abi=load_abi(name))
+
+
+def calldata(contract: str, function: str, *args: Any) -> bytes:
+    """ABI-encoded call data for one of EXPORTED_CONTRACTS, for the transaction manager (which takes bytes)."""
+    encoded = _encoder(contract).encode_abi(function, list(args))
+    return bytes.fromhex(encoded[2:])

@@ -58,6 +58,8 @@ class NvmlApi:
     # One device (a whole GPU, or a MIG instance for uuid/name/memory), then MIG.
     def handle(self, index: int) -> Any:
         return pynvml.nvmlDeviceGetHandleByIndex(index)
+    def handle_by_uuid(self, uuid: str) -> Any:  # "GPU-..." or "MIG-...": what the idle monitor is keyed by
+        return pynvml.nvmlDeviceGetHandleByUUID(uuid)
     def uuid(self, handle: Any) -> str:
         return str(pynvml.nvmlDeviceGetUUID(handle))
     def name(self, handle: Any) -> str:

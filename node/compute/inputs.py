@@ -9,6 +9,12 @@ URIs are requester-controlled, so the fetcher is defensive: only http(s) and ``d
 the operator allows it), the size cap is enforced while streaming (a lying or missing Content-Length
 does not matter), redirects are followed by hand so that they can never leave http(s), and one total
 deadline covers the whole fetch.
+
+A requester must not be able to make the node fetch from the owner's LAN, the node's own services or a
+cloud metadata endpoint (169.254.169.254) -- server-side request forgery. Unless ``allow_private`` is
+set, every hop's host is checked: an IP literal before the request, a host name inside the connector's
+resolver (``PublicResolver``), so the address that was checked is the address connected to and a DNS
+answer that changes between a check and the connect (DNS rebinding) cannot slip through.
 """
 
 from __future__ import annotations
@@ -19,17 +25,27 @@ import binascii
 import contextlib
 import enum
 import hashlib
+import ipaddress
 import os
+import socket
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
+
+if TYPE_CHECKING:
+    from aiohttp.abc import ResolveResult  # aiohttp >= 3.10
 
 NO_INPUT_HASH = bytes(32)
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT: not is_private, still not the internet
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # DNS64 answers on IPv6-only networks: judge the IPv4 inside
+_PRIVATE_HINT = "private addresses are refused unless allowed (policy.allow_private_inputs)"
 
 
 class InputFailure(enum.Enum):
@@ -39,6 +55,7 @@ class InputFailure(enum.Enum):
     HASH_MISMATCH = "hash_mismatch"
     FETCH_FAILED = "fetch_failed"
     TIMEOUT = "timeout"
+    PRIVATE_ADDRESS = "private_address"
 
 
 class InputError(Exception):
@@ -48,6 +65,99 @@ class InputError(Exception):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def address_problem(ip: IPAddress) -> str | None:
+    """What kind of non-public address ``ip`` is ("loopback", "private", ...), or None when it is public."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (
+            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        if embedded is not None:
+            return address_problem(embedded)
+    for kind, hit in (("loopback", ip.is_loopback), ("unspecified", ip.is_unspecified),
+                      ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                      ("shared (CGNAT)", ip in _CGNAT), ("private", ip.is_private),
+                      ("reserved", ip.is_reserved), ("non-public", not ip.is_global)):
+        if hit:
+            return kind
+    return None
+
+
+def _address(text: str) -> IPAddress | None:
+    """An IP address from a URL host or resolver answer (IPv6 scope "%eth0" allowed), else None."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        try:
+            return ipaddress.ip_address(text.partition("%")[0])
+        except ValueError:
+            return None
+
+
+class BlockedAddressError(OSError):
+    """A host name resolved to a non-public address (an OSError, so aiohttp reports it as a DNS failure)."""
+
+
+class PublicResolver(AbstractResolver):
+    """Resolves through ``inner`` and refuses the whole answer when any address in it is not public.
+
+    The connector connects only to addresses this returns, so the check and the connection see the same
+    answer. Refusing (rather than dropping the bad addresses) keeps the rule simple to explain: a host
+    that points anywhere private is not fetched from.
+    """
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self.inner = inner or aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        answers = await self.inner.resolve(host, port, family)
+        for answer in answers:
+            ip = _address(answer["host"])
+            problem = "unparseable" if ip is None else address_problem(ip)
+            if problem:
+                raise BlockedAddressError(f"{host.rstrip('.')} resolves to {answer['host']}, a {problem} address; "
+                                          + _PRIVATE_HINT)
+        return answers
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class PublicConnector(aiohttp.TCPConnector):
+    """A TCPConnector whose every host name goes through ``PublicResolver``."""
+
+    def __init__(self, resolver: AbstractResolver | None = None, **kwargs: object) -> None:
+        super().__init__(resolver=PublicResolver(resolver), **kwargs)  # type: ignore[arg-type]
+
+
+def input_session(*, allow_private: bool = False, resolver: AbstractResolver | None = None) -> aiohttp.ClientSession:
+    """A session to share between fetches (call inside the event loop; close it when done).
+
+    ``allow_private`` must match the fetches it serves: with False its connector refuses non-public
+    addresses. Environment proxies are ignored (``trust_env=False``): a proxy would connect for us,
+    out of reach of the check.
+    """
+    connector = aiohttp.TCPConnector(resolver=resolver) if allow_private else PublicConnector(resolver)
+    return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+
+def _check_host(url: str, allow_private: bool, where: str = "") -> None:
+    """Refuse a URL whose host is a non-public IP literal (aiohttp connects to literals without resolving).
+
+    Host names are left to ``PublicResolver``, which sees the very answer the connection uses.
+    """
+    host = urlsplit(url).hostname
+    if not host:
+        raise InputError(InputFailure.BAD_URI, f"{where}URL without a host: {url}")
+    ip = _address(host)
+    if ip is None and ":" in host:  # only IPv6 literals have ':' in the host; never let one go unchecked
+        raise InputError(InputFailure.BAD_URI, f"{where}invalid IPv6 address in {url}")
+    if ip is not None and not allow_private and (problem := address_problem(ip)):
+        raise InputError(InputFailure.PRIVATE_ADDRESS, f"{where}{host} is a {problem} address; {_PRIVATE_HINT}")
 
 
 def stored_path(store_dir: Path, sha256: bytes) -> Path:
@@ -91,9 +201,12 @@ class _Sink:
             self.tmp.unlink()
 
 
-async def _fetch_http(url: str, sink: _Sink, session: aiohttp.ClientSession, timeout_s: float) -> None:
+async def _fetch_http(url: str, sink: _Sink, session: aiohttp.ClientSession, timeout_s: float,
+                      allow_private: bool) -> None:
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    for _ in range(MAX_REDIRECTS + 1):
+    for hop in range(MAX_REDIRECTS + 1):
+        where = f"redirect to {url}: " if hop else ""
+        _check_host(url, allow_private, where)
         try:
             async with session.get(url, allow_redirects=False, timeout=timeout) as resp:
                 if resp.status in _REDIRECT_STATUSES:
@@ -117,6 +230,9 @@ async def _fetch_http(url: str, sink: _Sink, session: aiohttp.ClientSession, tim
         except aiohttp.InvalidURL as e:
             raise InputError(InputFailure.BAD_URI, f"invalid URL: {e}") from e
         except aiohttp.ClientError as e:
+            blocked = getattr(e, "os_error", None)
+            if isinstance(blocked, BlockedAddressError):
+                raise InputError(InputFailure.PRIVATE_ADDRESS, f"{where}{blocked}") from e
             raise InputError(InputFailure.FETCH_FAILED, f"{type(e).__name__}: {e}") from e
     raise InputError(InputFailure.FETCH_FAILED, f"more than {MAX_REDIRECTS} redirects")
 
@@ -163,14 +279,20 @@ async def fetch_input(
     *,
     max_bytes: int,
     allow_file: bool = False,
+    allow_private: bool = False,
     timeout_s: float = 60,
     session: aiohttp.ClientSession | None = None,
 ) -> Path | None:
     """Return the local path of the input whose SHA-256 is ``expected_sha256``, fetching it if needed.
 
     An empty URI with the all-zero hash means "this job has no input" and returns ``None``. Raises
-    ``InputError``; on any failure nothing is left in the store.
+    ``InputError``; on any failure nothing is left in the store. ``allow_private`` lets http(s) reach
+    loopback, private, link-local and other non-public addresses (a devnet). A shared ``session`` must
+    come from ``input_session()`` with the same ``allow_private`` (ValueError otherwise: a caller bug).
     """
+    if session is not None and not allow_private and not isinstance(session.connector, PublicConnector):
+        raise ValueError("fetch_input(allow_private=False) needs a session from input_session(): "
+                         "only its connector checks the addresses host names resolve to")
     if not isinstance(uri, str) or any(ord(c) < 0x21 or ord(c) == 0x7F for c in uri):
         raise InputError(InputFailure.BAD_URI, "URI must be a string without spaces or control characters")
     if not isinstance(expected_sha256, bytes | bytearray) or len(expected_sha256) != 32:
@@ -189,17 +311,19 @@ async def fetch_input(
         raise InputError(InputFailure.SCHEME_NOT_ALLOWED, f"scheme {scheme!r} not allowed")
     if scheme == "file" and not allow_file:
         raise InputError(InputFailure.SCHEME_NOT_ALLOWED, "file: URIs are disabled on this node")
+    if scheme in ("http", "https"):
+        _check_host(uri, allow_private)  # names are checked when resolved: a cached input needs no lookup
     # The policy checks above come first so that a job fails the same way whether or not it is cached.
     final = stored_path(store_dir, expected)
     if final.is_file():  # its hash was verified when it was stored
         return final
 
     sink = await asyncio.to_thread(_Sink, store_dir, max_bytes)
-    client = (session or aiohttp.ClientSession()) if scheme in ("http", "https") else None
+    client = (session or input_session(allow_private=allow_private)) if scheme in ("http", "https") else None
     try:
         async with asyncio.timeout(timeout_s):  # one deadline for everything, redirects and local reads included
             if client is not None:
-                await _fetch_http(uri, sink, client, timeout_s)
+                await _fetch_http(uri, sink, client, timeout_s, allow_private)
             elif scheme == "data":
                 data = await asyncio.to_thread(_decode_data_uri, uri, max_bytes)
                 await asyncio.to_thread(sink.write, data)

@@ -8,7 +8,7 @@ from eth_utils import keccak
 from node.chain.deploy import DeployError
 from node.chain.offers import ZERO_ADDRESS, JobOffer, workload_id
 from node.chain.protocol import Capacity
-from scripts.demo import DIRECT_STEPS, STEPS, round_trip, setup_provider
+from scripts.protocol_tour import DIRECT_STEPS, STEPS, round_trip, setup_provider
 from tests.conftest import FEE_BPS, TOKEN, WINDOW
 
 PAYMENT = 50 * TOKEN
