@@ -72,6 +72,7 @@ class NodeService:
         self.fee_bps = 0
         self.registered = False
         self.payout = ""
+        self.pending: int | None = None  # the payout address's balance in the market, as last read
         self.chain_id = settings.chain.chain_id
         self.market = ""
         self.stopping = asyncio.Event()
@@ -216,6 +217,14 @@ class NodeService:
 
         return int(await self.rpc.call(read, "free stake"))
 
+    async def _market_balance(self, account: str) -> int:
+        market = self.market
+
+        def read(w3):
+            return w3.eth.contract(address=market, abi=load_abi("JobMarket")).functions.balanceOf(account).call()
+
+        return int(await self.rpc.call(read, "market balance"))
+
     async def _has_claim_intent(self, job_id: str) -> bool:
         return await asyncio.to_thread(self.txm.store.get, f"claim:{job_id}") is not None
 
@@ -258,6 +267,8 @@ class NodeService:
     async def _settle_loop(self) -> None:
         while True:
             await self.settler.settle_once(self.chain_time())
+            if self.payout:
+                self.pending = await self._market_balance(self.payout)
             await asyncio.sleep(self.settings.chain.poll_interval_s)
 
     async def _on_events(self, events: list[ChainEvent]) -> None:
@@ -313,8 +324,13 @@ class NodeService:
                             "utilization_pct": snap.get("utilization_pct"),
                             "foreign_pids": snap.get("foreign_pids", []), "reason": snap.get("reason", "")})
         overdue = [j.job_id for j in self.journal.overdue(self.chain_time())]
-        earned = int(self.metrics.earnings._value.get())
-        withdrawn = int(self.metrics.withdrawn._value.get())
+        fee = self.fee_bps
+
+        def net(state: JobState) -> int:
+            return sum(r.payment - r.payment * fee // 10_000 for r in self.journal.jobs(limit=100_000, state=state))
+
+        withdrawn = net(JobState.PAID)
+        earned = withdrawn + net(JobState.FINALIZED)
         return {
             "node": {"name": self.settings.node.name, "version": __version__, "provider": self.provider,
                      "payout": self.payout, "chain_id": self.chain_id, "market": self.market,
@@ -325,8 +341,11 @@ class NodeService:
             "jobs": {"by_state": by_state, "open": sum(n for s, n in by_state.items() if JobState(s) not in
                                                        (JobState.PAID, JobState.REJECTED, JobState.EXPIRED,
                                                         JobState.SLASHED)), "overdue": overdue},
+            # From the journal, net of the market's fee (today's fee: a fee change since a job was posted
+            # makes this approximate); pending is the payout address's balance in the market, read on chain.
             "earnings": {"token_decimals": self.settings.pricing.token_decimals, "finalized_units": str(earned),
-                         "withdrawn_units": str(withdrawn), "pending_units": str(max(0, earned - withdrawn))},
+                         "withdrawn_units": str(withdrawn),
+                         "pending_units": None if self.pending is None else str(self.pending)},
             "tasks": self.supervisor.status(),
         }
 

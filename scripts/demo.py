@@ -22,11 +22,13 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections import defaultdict
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from eth_account import Account
 from web3 import Web3
 
 from node.api.auth import sign_result_request
@@ -38,7 +40,8 @@ from scripts.devnet import start_devnet
 from scripts.localnode import TOKEN, envelope, job_id, offer, provision
 
 WINDOW = 120
-STAGES = (("claim", "validated", "claimed"), ("fetch", "fetching", "running"), ("run", "running", "committed"),
+STAGES = (("wait for a slot + claim", "validated", "claimed"), ("fetch", "fetching", "running"),
+          ("run", "running", "committed"),
           ("submit", "committed", "submitted"), ("finalize", "submitted", "finalized"), ("payout", "finalized", "paid"))
 
 
@@ -56,6 +59,8 @@ def serve_dir(path: Path) -> tuple[ThreadingHTTPServer, str]:
 def model_bundle(path: Path) -> bytes:
     """A small MLP exported with torch.export: what a requester ships for a torch-export/v1 job."""
     import torch
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export's own deprecation chatter
 
     from node.compute.workloads.torch_export import make_bundle
 
@@ -87,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                                  deployments_dir=work, log=lambda *_: None)
         w3 = Web3(Web3.HTTPProvider(anvil.url))
         proto = Protocol(w3, dep)
-        requester, operator, payout = keys[1], keys[2], proto.account(keys[3]).address
+        requester, operator = keys[1], keys[2]
+        payout = Account.create().address  # a fresh (cold) address: its token balance is exactly the earnings
         say("[2/5] provider: keystore, benchmark of this machine (about 20 s), registration, 1000 GPU stake")
         node = provision(proto, anvil.url, work / f"{dep.chain_id}.json", operator, payout, work / "node",
                          bench=work / "bench.json")
@@ -130,7 +136,7 @@ def run_jobs(proto, node, requester, keys, work, say, started) -> int:
     o, sig = offer(proto, requester, matmul(192, 2), nonce=next(nonce), payment=2 * TOKEN, provider=node.address)
     status, body, _ = node.request("/offers", body=envelope(proto, o, matmul(192, 2), sig))
     say(f"      direct offer to the node's API: HTTP {status} {json.loads(body).get('state')}")
-    jobs[job_id(proto, o)] = "matmul-int8 192³ (direct)"
+    jobs[job_id(proto, o)] = "matmul-int8 192³ (direct)"  # claimSigned: post and claim in one tx
     forged, _ = offer(proto, requester, matmul(64, 3), nonce=next(nonce), payment=2 * TOKEN)
     status, body, _ = node.request("/offers", body=envelope(proto, forged, matmul(64, 3), proto.sign(keys[0], forged)))
     reply = json.loads(body)

@@ -1,4 +1,4 @@
-"""The daemon end to end: `gpunode run` as a real subprocess against its own anvil (2 s blocks, so every
+"""The daemon end to end: `gpunode run` as a real subprocess against its own anvil (1 s blocks, so every
 stage lasts long enough to be interrupted), the real contracts, real torch workers and the HTTP API.
 
 Each test uses its own operator key, so providers never share stake or nonces."""
@@ -57,7 +57,7 @@ class Net:
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     root = tmp_path_factory.mktemp("net")
-    with Anvil(block_time=2) as anvil:
+    with Anvil(block_time=1) as anvil:
         dep, keys = start_devnet(anvil, 8, 1_000_000, ProtocolParams(fee_bps=FEE_BPS, challenge_window_s=WINDOW),
                                  deployments_dir=root, log=lambda *_: None)
         proto = Protocol(Web3(Web3.HTTPProvider(anvil.url)), dep)
