@@ -15,6 +15,7 @@ import pytest
 
 from node import __version__
 from node.cli import PENDING, main
+from tests.support.logging_state import restore_root_logging
 
 
 def test_help_and_version_from_the_console_script():
@@ -217,21 +218,7 @@ def test_keys_show_warns_when_open_and_fails_when_missing(keys_config: Path, tmp
 NODE_PASSWORD = "node test password"
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() sets up logging (process-wide); give the next test the root logger it had."""
-    import logging
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    chatty = {name: logging.getLogger(name).level for name in ("web3", "urllib3", "websockets")}
-    yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
-    for name, lvl in chatty.items():
-        logging.getLogger(name).setLevel(lvl)
-    logging.captureWarnings(False)
+restore_logging = pytest.fixture(autouse=True)(restore_root_logging)  # main() sets up logging
 
 
 @pytest.fixture

@@ -9,23 +9,12 @@ from datetime import datetime
 import pytest
 
 from node.logs import job_log, setup_logging, short_job
+from tests.support.logging_state import restore_root_logging
 
 JOB = "0x" + "1a2b3c4d5e6f" + "00" * 26
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """setup_logging changes process-wide state; give the next test the root logger it had."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    chatty = {name: logging.getLogger(name).level for name in ("web3", "urllib3", "websockets")}
-    yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
-    for name, lvl in chatty.items():
-        logging.getLogger(name).setLevel(lvl)
-    logging.captureWarnings(False)
+restore_logging = pytest.fixture(autouse=True)(restore_root_logging)  # setup_logging is process-wide
 
 
 def lines(stream: io.StringIO) -> list[str]:

@@ -31,10 +31,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from eth_utils import keccak, to_checksum_address
-from web3 import Web3
 from web3.exceptions import Web3RPCError
 
-from node.chain.contracts import load_abi
+from node.chain.contracts import calldata, load_abi
 from node.chain.follower import EventDecoder
 from node.chain.follower_store import RawLog
 from node.chain.rpc import RpcClient, RpcError
@@ -46,7 +45,6 @@ from node.jobs.state import JobState
 from node.metrics import Metrics
 
 log = logging.getLogger(__name__)
-_ENCODER = Web3().eth.contract(abi=load_abi("JobMarket"))
 
 
 def batch_key(prefix: str, job_ids: Iterable[str]) -> str:
@@ -57,7 +55,7 @@ def batch_key(prefix: str, job_ids: Iterable[str]) -> str:
 
 
 def _calldata(fn: str, args: list[Any]) -> bytes:
-    return bytes.fromhex(_ENCODER.encode_abi(fn, args)[2:])
+    return calldata("JobMarket", fn, *args)
 
 
 def _int(value: Any) -> int:

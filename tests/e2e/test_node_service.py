@@ -1,93 +1,33 @@
-"""The daemon end to end: `gpunode run` as a real subprocess against its own anvil (1 s blocks, so every
-stage lasts long enough to be interrupted), the real contracts, real torch workers and the HTTP API.
-
-Each test uses its own operator key, so providers never share stake or nonces."""
+"""The daemon end to end: `gpunode run` as a real subprocess against anvil, the real contracts, real torch
+workers and the HTTP API; jobs are run to payment, bad offers rejected, the API answers."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import signal
-import sqlite3
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from eth_account import Account
-from web3 import Web3
 
 from node.api.auth import sign_result_request
-from node.chain.deploy import ProtocolParams
-from node.chain.devnet import Anvil
-from node.chain.protocol import Protocol
 from node.compute.commitment import commit_bytes
-from scripts.devnet import start_devnet
-from scripts.localnode import TOKEN, envelope, job_id, offer, provision
+from scripts.localnode import TOKEN, envelope, job_id, offer
+from tests.e2e.nodenet import DONE, FEE_BPS, WINDOW, matmul, post, start_net
 
-FEE_BPS = 250
-WINDOW = 120
-DONE = {"submitted", "finalized", "paid"}
-
-
-class Net:
-    def __init__(self, anvil: Anvil, proto: Protocol, keys: list[str], deployments, bench) -> None:
-        self.anvil, self.proto, self.keys, self.deployments, self.bench = anvil, proto, keys, deployments, bench
-        self.nonce = 0
-        self.payouts: dict[int, str] = {}
-
-    def next_nonce(self) -> int:
-        self.nonce += 1
-        return self.nonce
-
-    def advance(self, seconds: int) -> None:
-        self.proto.w3.provider.make_request("evm_increaseTime", [seconds])
-        self.proto.w3.provider.make_request("evm_mine", [])
-
-    def node(self, tmp_path, operator: int, **settings):
-        payout = self.payouts.setdefault(operator, Account.create().address)  # registered once per operator
-        return provision(self.proto, self.anvil.url, self.deployments, self.keys[operator], payout,
-                         tmp_path / f"node{operator}", bench=self.bench, settings=settings)
-
-    def events(self, name: str, job: str) -> list:
-        event = getattr(self.proto.market.events, name)
-        return [e for e in event().get_logs(from_block=0) if "0x" + e["args"]["jobId"].hex() == job]
-
-
-@pytest.fixture(scope="module")
-def net(tmp_path_factory):
-    root = tmp_path_factory.mktemp("net")
-    with Anvil(block_time=1) as anvil:
-        dep, keys = start_devnet(anvil, 8, 1_000_000, ProtocolParams(fee_bps=FEE_BPS, challenge_window_s=WINDOW),
-                                 deployments_dir=root, log=lambda *_: None)
-        proto = Protocol(Web3(Web3.HTTPProvider(anvil.url)), dep)
-        proto.approve(keys[1], dep.market, 2**256 - 1)
-        yield Net(anvil, proto, keys, root / f"{dep.chain_id}.json", root / "bench.json")
-
-
-def _post(net: Net, params: bytes, **kw) -> str:
-    o, sig = offer(net.proto, net.keys[1], params, nonce=net.next_nonce(), **kw)
-    net.proto.post(net.keys[1], o, params, sig)
-    return job_id(net.proto, o)
-
-
-def _matmul(size: int, seed: int) -> bytes:
-    return json.dumps({"m": size, "k": size, "n": size, "seed": seed}, separators=(",", ":")).encode()
+net = pytest.fixture(scope="module")(start_net)
 
 
 def test_jobs_run_to_payment_bad_offers_are_rejected_and_the_api_tells(net, tmp_path):
     node = net.node(tmp_path, 2).start()
     try:
-        good = [_post(net, _matmul(96 + 32 * i, i)) for i in range(3)]
-        cheap = _post(net, _matmul(64, 9), payment=10**9)
-        o, sig = offer(net.proto, net.keys[1], _matmul(80, 3), nonce=net.next_nonce(), provider=node.address)
-        status, body, _ = node.request("/offers", body=envelope(net.proto, o, _matmul(80, 3), sig))
+        good = [post(net, matmul(96 + 32 * i, i)) for i in range(3)]
+        cheap = post(net, matmul(64, 9), payment=10**9)
+        o, sig = offer(net.proto, net.keys[1], matmul(80, 3), nonce=net.next_nonce(), provider=node.address)
+        status, body, _ = node.request("/offers", body=envelope(net.proto, o, matmul(80, 3), sig))
         assert status == 202, body
         direct = json.loads(body)["job_id"]
         assert direct == job_id(net.proto, o)
-        forged_offer, _ = offer(net.proto, net.keys[1], _matmul(80, 4), nonce=net.next_nonce())
+        forged_offer, _ = offer(net.proto, net.keys[1], matmul(80, 4), nonce=net.next_nonce())
         forged_sig = net.proto.sign(net.keys[5], forged_offer)  # signed by someone else than the requester
-        status, body, _ = node.request("/offers", body=envelope(net.proto, forged_offer, _matmul(80, 4), forged_sig))
+        status, body, _ = node.request("/offers", body=envelope(net.proto, forged_offer, matmul(80, 4), forged_sig))
         assert status == 422 and json.loads(body)["code"] == "signer_mismatch", body
 
         jobs = node.wait_states(good + [direct, cheap], DONE | {"rejected"}, timeout=240)
@@ -137,63 +77,6 @@ def test_jobs_run_to_payment_bad_offers_are_rejected_and_the_api_tells(net, tmp_
         assert node.stop() == 0, node.tail()
 
 
-class _SlowInput(BaseHTTPRequestHandler):
-    body = b"x" * 1024
-    delay = 4.0
-
-    def do_GET(self):  # noqa: N802 - http.server's name
-        time.sleep(self.delay)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def slow_input():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowInput)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/input.bin"
-    server.shutdown()
-
-
-def test_interrupted_in_every_stage_each_job_resumes_without_a_second_transaction(net, tmp_path, slow_input):
-    """kill -9 while the claim is in flight, while fetching, while committing and once submitted; SIGTERM
-    (no grace) while running. Each time the next start finishes the job, and the chain shows exactly one
-    claim and one submit for it."""
-    node = net.node(tmp_path, 3, node={"shutdown_grace_s": 0.0}).start()
-    jobs = []
-    try:
-        for stage in ("validated", "fetching", "running", "committed", "submitted"):
-            kw = {}
-            if stage == "fetching":  # matmul ignores an input, but the node still fetches and checks it first
-                kw = {"input_uri": slow_input, "input_hash": hashlib.sha256(_SlowInput.body).digest()}
-            job = _post(net, _matmul(1280 if stage == "running" else 64, len(jobs)), **kw)
-            jobs.append(job)
-            node.wait(lambda j=job, s=stage: node.jobs().get(j, {}).get("state") == s, 120, f"job in {stage}",
-                      poll=0.05)
-            if stage == "running":
-                assert node.stop(signal.SIGTERM) == 0, node.tail()
-                db = sqlite3.connect(node.data_dir / "journal.db")
-                (state,) = db.execute("SELECT state FROM job_jobs WHERE job_id = ?", (job,)).fetchone()
-                db.close()
-                assert state == "running"  # cut short and persisted, not written off
-            else:
-                node.kill()
-            node.start()
-            node.wait_states([job], DONE, timeout=240)
-        net.advance(WINDOW + 1)
-        node.wait_states(jobs, {"paid"}, timeout=180)
-        for job in jobs:
-            assert len(net.events("JobClaimed", job)) == 1, job
-            assert len(net.events("ResultSubmitted", job)) == 1, job
-    finally:
-        node.stop()
-
-
 async def test_idle_only_claims_nothing_while_a_foreign_process_uses_the_gpu(net, tmp_path):
     """The daemon in-process with a fake NVML (the one mocked part) whose GPU stands for the worker's
     device: the owner's process on it holds back claims; once it is gone and the GPU stayed quiet for
@@ -225,7 +108,7 @@ async def test_idle_only_claims_nothing_while_a_foreign_process_uses_the_gpu(net
                 await asyncio.sleep(0.1)
 
     try:
-        job = await asyncio.to_thread(_post, net, _matmul(64, 77))
+        job = await asyncio.to_thread(post, net, matmul(64, 77))
         await until(lambda: _is(state_of(job), {"validated"}), 60)
         for _ in range(3):  # several blocks and passes: still not claimed
             await asyncio.sleep(2)

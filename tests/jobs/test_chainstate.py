@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from eth_account import Account
@@ -173,13 +172,6 @@ def test_net_payment_is_payment_less_fee():
 
 
 # -- apply_chain_state through a real journal -------------------------------------------------------------
-
-
-@pytest.fixture
-def journal(tmp_path: Path):
-    j = Journal(tmp_path / "node.db")
-    yield j
-    j.close()
 
 
 def test_catch_up_takes_every_legal_step(journal):

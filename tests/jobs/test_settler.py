@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from eth_account import Account
@@ -99,13 +98,6 @@ class Scene:
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture
-def journal(tmp_path: Path):
-    j = Journal(tmp_path / "node.db")
-    yield j
-    j.close()
 
 
 @pytest.fixture

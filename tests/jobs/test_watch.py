@@ -5,14 +5,12 @@ dispute and the arbiter's ruling, alongside the settler finalizing on its own.""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 from eth_account import Account
 
 from node.chain.follower import ChainEvent, EventFollower
 from node.chain.rpc import RpcClient
-from node.jobs.journal import Journal
 from node.jobs.state import JobState
 from node.jobs.watch import Watcher
 from node.metrics import Metrics
@@ -34,13 +32,6 @@ def event(name: str, contract: str = "market", removed: bool = False, **args) ->
     block = next(_blocks)
     return ChainEvent(contract, name, {"jobId": bytes.fromhex(JID[2:]), **args}, block, block.to_bytes(32, "big"),
                       b"\x01" * 32, 0, removed)
-
-
-@pytest.fixture
-def journal(tmp_path: Path):
-    j = Journal(tmp_path / "node.db")
-    yield j
-    j.close()
 
 
 @pytest.fixture
