@@ -182,22 +182,22 @@ class NodeService:
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot read the benchmark {path}: {exc}; run `gpunode bench` again") from None
 
-    async def _read_provider(self) -> None:
-        registry = self.deployment.registry
+    async def _view(self, contract: str, function: str, *args: Any) -> Any:
+        """One read-only call of a protocol contract, through the RPC client's failover."""
+        address = self.market if contract == "JobMarket" else self.deployment.registry
 
         def read(w3):
-            c = w3.eth.contract(address=registry, abi=load_abi("ProviderRegistry"))
-            return c.functions.getProvider(self.provider).call()
+            return getattr(w3.eth.contract(address=address, abi=load_abi(contract)).functions, function)(*args).call()
 
-        market_c = self.market
+        return await self.rpc.call(read, f"{contract}.{function}")
 
-        def fee(w3):
-            return w3.eth.contract(address=market_c, abi=load_abi("JobMarket")).functions.feeBps().call()
-
-        p = await self.rpc.call(read, "provider record")
-        self.fee_bps = int(await self.rpc.call(fee, "market fee"))
-        self.registered, self.payout = bool(p["active"] if isinstance(p, dict) else p[2]), \
-            (p["payout"] if isinstance(p, dict) else p[3])
+    async def _read_provider(self) -> None:
+        _stake, _locked, active, payout, *_ = await self._view("ProviderRegistry", "getProvider", self.provider)
+        self.fee_bps = int(await self._view("JobMarket", "feeBps"))
+        was = (self.registered, self.payout)
+        self.registered, self.payout = bool(active), payout
+        if (self.registered, self.payout) == was:
+            return  # read again on every block while unregistered: say it once
         if hasattr(self, "settler") and self.payout:
             self.settler.payout = Web3.to_checksum_address(self.payout)
             self.watcher.payout = str(self.payout).lower()
@@ -209,21 +209,7 @@ class NodeService:
                         self.settings.payout.address, self.payout)
 
     async def _free_stake(self) -> int | None:
-        registry = self.deployment.registry
-
-        def read(w3):
-            c = w3.eth.contract(address=registry, abi=load_abi("ProviderRegistry"))
-            return c.functions.freeStake(self.provider).call()
-
-        return int(await self.rpc.call(read, "free stake"))
-
-    async def _market_balance(self, account: str) -> int:
-        market = self.market
-
-        def read(w3):
-            return w3.eth.contract(address=market, abi=load_abi("JobMarket")).functions.balanceOf(account).call()
-
-        return int(await self.rpc.call(read, "market balance"))
+        return int(await self._view("ProviderRegistry", "freeStake", self.provider))
 
     async def _has_claim_intent(self, job_id: str) -> bool:
         return await asyncio.to_thread(self.txm.store.get, f"claim:{job_id}") is not None
@@ -241,14 +227,8 @@ class NodeService:
         return f"{base.rstrip('/')}/results/{job_id}"
 
     def _estimate_seconds(self, rec) -> float:
-        decision = self.intake.decisions.get(rec.job_id)
-        if decision is not None and decision.quote is not None:
-            return decision.quote.seconds
-        from node.chain.verify import SignedOffer
-
-        signed = SignedOffer.from_json(rec.offer_json)
-        d = self.policy.evaluate(signed.offer, signed.params or b"", now=0, fee_bps=self.fee_bps, free_stake=None)
-        return d.quote.seconds if d.quote else self.settings.pricing.assumed_job_seconds
+        quote = self.intake.decision(rec).quote
+        return quote.seconds if quote is not None else self.settings.pricing.assumed_job_seconds
 
     # ------------------------------------------------------------------------------------------ loops
     async def _heads(self) -> None:
@@ -268,7 +248,7 @@ class NodeService:
         while True:
             await self.settler.settle_once(self.chain_time())
             if self.payout:
-                self.pending = await self._market_balance(self.payout)
+                self.pending = int(await self._view("JobMarket", "balanceOf", self.payout))
             await asyncio.sleep(self.settings.chain.poll_interval_s)
 
     async def _on_events(self, events: list[ChainEvent]) -> None:
@@ -378,7 +358,8 @@ async def serve(settings: Settings, signer: Any, *, nvml: Any = None) -> int:
     try:
         await node.start()
     except BaseException:
-        node.dirs.unlock() if hasattr(node, "dirs") else None
+        if hasattr(node, "dirs"):
+            node.dirs.unlock()
         raise
     await stop.wait()
     await node.stop()

@@ -33,8 +33,9 @@ async def test_a_failing_task_is_restarted_with_growing_delay_and_does_not_stop_
 
     sup.spawn("flaky", flaky)
     sup.spawn("steady", steady)
-    while runs < 5:
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(30):  # a supervisor that stops restarting fails here instead of hanging
+        while runs < 5:
+            await asyncio.sleep(0.01)
     status = sup.status()
     assert status["flaky"] == {"running": True, "restarts": 4, "last_error": "RuntimeError: boom 4"}
     assert status["steady"]["running"] and status["steady"]["restarts"] == 0 and steady_ticks > 5

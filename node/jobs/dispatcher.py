@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from node.chain.verify import SignedOffer
 from node.jobs.executor import Executor
 from node.jobs.intake import Intake
 from node.jobs.journal import JobRecord, Journal
@@ -83,30 +82,25 @@ class Dispatcher:
                     self._drive(rec.job_id)
             elif rec.state is JobState.VALIDATED:
                 candidates.append(rec)
-        await self._claim_new(candidates)
+        await self._claim_new(candidates, open_jobs)
         busy = self.slots.busy()
         for device, job in busy.items():
             self.metrics.device_busy.labels(device).set(1 if job else 0)
 
-    async def _claim_new(self, records: list[JobRecord]) -> None:
+    async def _claim_new(self, records: list[JobRecord], open_jobs: list[JobRecord]) -> None:
         now = self.chain_time()
         live: list[Candidate] = []
         for rec in records:
             if rec.expiry <= now + CLAIM_MARGIN_S:
                 await self._lapse(rec)
                 continue
-            decision = self.intake.decisions.get(rec.job_id)
-            if decision is None:  # after a restart: decide again from the stored offer
-                signed = SignedOffer.from_json(rec.offer_json)
-                decision = self.policy.evaluate(signed.offer, signed.params or b"", now=now, fee_bps=self.fee_bps(),
-                                                free_stake=None)
-                if not decision.ok:
-                    await asyncio.to_thread(self.journal.transition, rec.job_id, JobState.REJECTED,
-                                            reason=f"re-checked after a restart: {decision.reason}",
-                                            code=decision.code.value)
-                    self.metrics.offers_rejected.labels(decision.code.value).inc()
-                    continue
-                self.intake.decisions[rec.job_id] = decision
+            decision = self.intake.decision(rec)
+            if not decision.ok:  # only after a restart: an accepted decision is cached by intake
+                await asyncio.to_thread(self.journal.transition, rec.job_id, JobState.REJECTED,
+                                        reason=f"re-checked after a restart: {decision.reason}",
+                                        code=decision.code.value)
+                self.metrics.offers_rejected.labels(decision.code.value).inc()
+                continue
             live.append(Candidate(rec.job_id, decision.quote, rec.bond, rec.expiry))
         if not live:
             return
@@ -114,9 +108,8 @@ class Dispatcher:
         if not free:
             return
         stake = await self.free_stake()
-        if stake is not None:
-            in_flight = [j for j in self.driving if (r := self.journal.get(j)) and r.state is JobState.VALIDATED]
-            stake -= sum(self.journal.get(j).bond for j in in_flight)
+        if stake is not None:  # bonds of claims sent but not yet mined are not locked on chain yet
+            stake -= sum(r.bond for r in open_jobs if r.state is JobState.VALIDATED and r.job_id in self.driving)
         for cand, device in assign(live, free, stake):
             if self.slots.reserve(device, cand.job_id):
                 self._drive(cand.job_id)

@@ -32,7 +32,7 @@ from node.compute.inputs import InputError, fetch_input, input_session, stored_p
 from node.compute.workers import FailureReason, JobRequest, WorkerPool
 from node.compute.workloads import ParamsError, get
 from node.config import Settings
-from node.jobs.chainstate import implied_state, read_job
+from node.jobs.chainstate import apply_chain_state, read_job
 from node.jobs.journal import JobRecord, JobSource, Journal
 from node.jobs.scheduler import Slots
 from node.jobs.state import JobState
@@ -73,33 +73,36 @@ class Executor:
 
     async def drive(self, job_id: str) -> None:
         """Runs the job from its current state until it is submitted or its work ends. The device slot (taken
-        by the scheduler) is released once the device is no longer needed."""
-        try:
-            rec = await asyncio.to_thread(self.journal.get, job_id)
-            while rec is not None and not rec.terminal:
-                step = _STEPS.get(rec.state)
-                if step is None:
-                    return  # submitted and later: the settler's business
-                started = time.monotonic()
-                nxt = await step(self, rec)
-                self.metrics.stage_seconds.labels(rec.state.value).observe(time.monotonic() - started)
-                if nxt is None or nxt.state is rec.state:
-                    return
-                if nxt.state in (JobState.COMMITTED, JobState.FAILED, JobState.EXPIRED, JobState.REJECTED):
-                    self.slots.release(job_id)
-                rec = nxt
-        finally:
-            self.slots.release(job_id)
+        by the dispatcher, which also frees it when this returns) is released as soon as the device is no
+        longer needed."""
+        rec = await asyncio.to_thread(self.journal.get, job_id)
+        while rec is not None and not rec.terminal:
+            step = _STEPS.get(rec.state)
+            if step is None:
+                return  # submitted and later: the settler's business
+            started = time.monotonic()
+            nxt = await step(self, rec)
+            self.metrics.stage_seconds.labels(rec.state.value).observe(time.monotonic() - started)
+            if nxt is None or nxt.state is rec.state:
+                return
+            if nxt.state not in (JobState.CLAIMED, JobState.FETCHING, JobState.RUNNING):
+                self.slots.release(job_id)  # the device is free while the submit is mined
+            rec = nxt
 
     # ------------------------------------------------------------------------------------------ steps
     async def chain_verdict(self, rec: JobRecord, what: str) -> JobRecord | None:
+        """Records what the chain says of a job whose step did not go as sent (chainstate's rules, every
+        legal step, compare-and-set); the job as it now stands, or None when the chain implies nothing."""
         chain = await read_job(self.rpc, self.market, rec.job_id)
-        implied = implied_state(rec, chain, self.provider, self.chain_time())
-        if implied is None:
-            return None
-        to, why = implied
-        fields = {"deadline": chain.due, "device": self.slots.device_of(rec.job_id)} if to is JobState.CLAIMED else {}
-        return await self._move(rec.job_id, to, f"{what}; chain: {why}", code="chain", **fields)
+        moved = await asyncio.to_thread(apply_chain_state, self.journal, rec, chain, self.provider,
+                                        self.chain_time())
+        if moved is None:  # nothing implied, or another task (the event watcher) moved it first
+            moved = await asyncio.to_thread(self.journal.get, rec.job_id)
+            if moved is None or moved.state is rec.state:
+                return None
+        log.info("job %s: %s; the chain shows it %s → %s", rec.job_id, what, chain.state.name.lower(),
+                 moved.state.value, extra={"job_id": rec.job_id})
+        return moved
 
     async def _claim(self, rec: JobRecord) -> JobRecord | None:
         signed = SignedOffer.from_json(rec.offer_json)
@@ -110,17 +113,12 @@ class Executor:
             data = calldata("JobMarket", "claim", bytes.fromhex(rec.job_id[2:]))
         outcome = await self.txm.send(f"claim:{rec.job_id}", self.market, data)
         self.metrics.count_tx("claim", outcome)
-        device = self.slots.device_of(rec.job_id)
-        if outcome.state is TxState.CONFIRMED:
-            now = await asyncio.to_thread(self.journal.get, rec.job_id)
-            if now is not None and now.state is not JobState.VALIDATED:
-                return now  # the JobClaimed event got here first and recorded the claim (with its deadline)
-            chain = await read_job(self.rpc, self.market, rec.job_id)
-            return await self._move(rec.job_id, JobState.CLAIMED, f"claim confirmed in tx {outcome.tx_hash}; "
-                                    f"deadline {chain.due}", deadline=chain.due, device=device)
-        found = await self.chain_verdict(rec, f"claim {outcome.state.value}: {outcome.reason}")
+        # Confirmed or not, the chain says where the job stands (the JobClaimed event may have said it first).
+        found = await self.chain_verdict(rec, f"claim {outcome.state.value} {outcome.tx_hash or outcome.reason}")
         if found is not None:
             return found
+        if outcome.state is TxState.CONFIRMED:
+            raise RuntimeError(f"claim confirmed in {outcome.tx_hash} but the chain does not show it yet")
         return await self._move(rec.job_id, JobState.REJECTED, f"claim {outcome.state.value}: {outcome.reason}",
                                 code="claim_failed")
 

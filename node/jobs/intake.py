@@ -28,7 +28,7 @@ from node.chain.verify import (
     check_offer_local,
     verify_offer,
 )
-from node.jobs.journal import JobSource, Journal
+from node.jobs.journal import JobRecord, JobSource, Journal
 from node.jobs.policy import Decision, Policy
 from node.jobs.state import JobState
 from node.metrics import Metrics
@@ -68,6 +68,19 @@ class Intake:
         self.chain_id, self.market, self.view = chain_id, market, view
         self.chain_time, self.fee_bps, self.wake = chain_time, fee_bps, wake
         self.decisions: dict[str, Decision] = {}  # job id -> the accepted decision (its quote), for the scheduler
+
+    def decision(self, rec: JobRecord) -> Decision:
+        """The policy's decision for a stored offer, cached while it is accepted: the scheduler ranks by its
+        quote and the executor sizes its deadline check with it. After a restart it is made again."""
+        cached = self.decisions.get(rec.job_id)
+        if cached is not None:
+            return cached
+        signed = SignedOffer.from_json(rec.offer_json)
+        decision = self.policy.evaluate(signed.offer, signed.params or b"", now=self.chain_time(),
+                                        fee_bps=self.fee_bps(), free_stake=None)
+        if decision.ok:
+            self.decisions[rec.job_id] = decision
+        return decision
 
     # ------------------------------------------------------------------------------------------ chain
     async def on_event(self, ev: ChainEvent) -> None:

@@ -370,6 +370,14 @@ def test_listing_and_counts(journal):
     assert [r.job_id for r in journal.open_jobs()] == [jid(1), jid(2), jid(3), jid(5)]
 
 
+def run_threads(fn, n: int) -> None:
+    threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_racing_claimers_only_one_wins(tmp_path):
     path = tmp_path / "node.sqlite"
     journals = [Journal(path), Journal(path)]  # two connections: SQLite's own locking is exercised too
@@ -385,11 +393,7 @@ def test_racing_claimers_only_one_wins(tmp_path):
         except StaleState:
             stale.append(i)
 
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(claim, 8)
     try:
         assert len(wins) == 1 and len(stale) == 7
         history = journals[1].history(job)
@@ -418,11 +422,7 @@ def test_concurrent_random_moves_never_corrupt_a_job(tmp_path):
         except BaseException as exc:  # anything else (a lock error, a broken row) fails the test
             errors.append(exc)
 
-    threads = [threading.Thread(target=churn, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(churn, 6)
     try:
         assert errors == []
         for job in jobs:
