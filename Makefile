@@ -51,9 +51,10 @@ test-contracts: $(NPM_DIR)/out/.built
 	cd $(NPM_DIR) && node_modules/.bin/forge test
 
 # Two workers, a test file each at a time: the chain tests spend most of their time waiting for blocks and
-# subprocesses, so two files in parallel finish in about two thirds of the time on a 2-core machine.
+# subprocesses, so two files in parallel finish in about two thirds of the time on a 2-core machine. Each test
+# has a time limit (pyproject); the whole run has one too, so nothing can stall CI without saying where.
 test-python: bootstrap
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	timeout -k 60 3000 $(PY) -m pytest -q -n 2 --dist loadfile
 
 gas-snapshot: $(NPM_DIR)/out/.built
 	cd $(NPM_DIR) && node_modules/.bin/forge snapshot

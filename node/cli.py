@@ -3,7 +3,8 @@
 Every command turns a failure into one line on stderr (``gpunode <cmd>: error: ...``) plus, where it helps,
 a hint, and exits 1 (2 for usage errors); ``--debug`` shows the traceback instead. The work itself lives in
 the library (node.chain.provider for register/withdraw, node.service for run), so it is testable without a
-terminal. ``request`` and ``payout`` are listed so ``--help`` shows the whole tool; they exit 2 for now.
+terminal. ``request`` (node.requester.cli), ``payout`` (node.payout.cli) and ``devnet`` (scripts/devnet.py) have
+parsers of their own: the arguments after the command name are handed to them as they are.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import Any
 from node import __version__
 from node.config import ConfigError, Settings, load_settings, to_base_units
 
-PENDING = {
-    "request": "requester tools: sign, post and verify job offers",
-    "payout": "finalize due jobs and sweep earnings",
+# Commands with a parser of their own: (help line, "module:function" taking the remaining arguments).
+DELEGATED = {
+    "request": ("requester tools: sign, post, follow, download and verify jobs; accept or dispute",
+                "node.requester.cli:main"),
+    "payout": ("finalize due jobs, withdraw and sweep earnings (for cron or a systemd timer)", "node.payout.cli:main"),
 }
 # Errors whose message is already written for the operator: shown as is, without "rerun with --debug".
 # Matched by class name so that classifying an error never imports the (slow) module that defines it.
@@ -52,7 +55,7 @@ def _units(amount: Decimal, decimals: int, flag: str) -> int:
                        "places") from None
 
 
-def _amount(text: str) -> Decimal:
+def amount_arg(text: str) -> Decimal:
     """argparse type: a token amount in whole tokens, e.g. 100 or 0.5."""
     try:
         value = Decimal(text.strip())
@@ -212,7 +215,7 @@ def _jobs(args: argparse.Namespace) -> int:
     return jobs_command(args)
 
 
-# -- devnet, pending ---------------------------------------------------------------------------------------
+# -- devnet, request, payout (commands with parsers of their own) ----------------------------------------
 
 
 def _devnet(args: argparse.Namespace) -> int:
@@ -235,10 +238,15 @@ def _devnet(args: argparse.Namespace) -> int:
         sys.argv[:] = saved
 
 
-def _pending(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        print(f"gpunode {name}: not available in this version yet ({PENDING[name]}).", file=sys.stderr)
-        return 2
+def _delegated(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        module, function = DELEGATED[name][1].split(":")
+        rest = list(args.rest)
+        if getattr(args, "debug", False) and "--debug" not in rest:  # `gpunode --debug payout` means it too
+            rest.insert(0, "--debug")
+        return getattr(importlib.import_module(module), function)(rest)
 
     return run
 
@@ -305,9 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg = command("register", "register this provider on chain (or update its record) and stake")
     reg.add_argument("--bench", type=Path, metavar="FILE", help="capacity attestation (default <data dir>/"
                      "bench.json; measured quickly if missing)")
-    reg.add_argument("--stake", type=_amount, metavar="AMOUNT",
+    reg.add_argument("--stake", type=amount_arg, metavar="AMOUNT",
                      help="total stake wanted, in whole tokens; only the missing part is staked")
-    reg.add_argument("--price-floor", type=_amount, metavar="AMOUNT",
+    reg.add_argument("--price-floor", type=amount_arg, metavar="AMOUNT",
                      help="tokens per GPU-second (default pricing.price_per_gpu_second)")
     reg.add_argument("--endpoint", metavar="URL", help="API URL requesters use (default api.public_url, else "
                      "http://api.host:api.port)")
@@ -336,8 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(scripts/devnet.py; `gpunode devnet --help` for its options)")
     dev.set_defaults(func=_devnet, devnet_args=[])
 
-    for name, text in PENDING.items():
-        sub.add_parser(name, help=f"{text} [not yet available]").set_defaults(func=_pending(name))
+    for name, (text, _) in DELEGATED.items():
+        sub.add_parser(name, add_help=False, help=f"{text} (`gpunode {name} --help`)").set_defaults(
+            func=_delegated(name), rest=[])
     return parser
 
 
@@ -369,7 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "devnet":
+    if args.command in DELEGATED:  # everything after the command name belongs to its own parser
+        args.rest = argv[argv.index(args.command) + 1:]
+    elif extra and args.command != "devnet":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()

@@ -31,7 +31,9 @@ from urllib.parse import urlsplit
 ENV_PREFIX = "GPUNODE_"
 ENV_CONFIG = "GPUNODE_CONFIG"  # path of the TOML file when load_settings() gets none
 ENV_WALLET_PASSWORD = "GPUNODE_WALLET_PASSWORD"  # keystore password; never stored in Settings
-NON_SETTING_ENV_VARS = frozenset({ENV_CONFIG, ENV_WALLET_PASSWORD})
+ENV_PAYOUT_PASSWORD = "GPUNODE_PAYOUT_PASSWORD"  # the hot payout keystore's password (node.payout); likewise
+ENV_REQUESTER_PASSWORD = "GPUNODE_REQUESTER_PASSWORD"  # the requester tools' keystore (node.requester); likewise
+NON_SETTING_ENV_VARS = frozenset({ENV_CONFIG, ENV_WALLET_PASSWORD, ENV_PAYOUT_PASSWORD, ENV_REQUESTER_PASSWORD})
 
 
 class ConfigError(ValueError):
@@ -181,11 +183,16 @@ _WORKLOAD = _str('a workload id "name/vN", e.g. "matmul-int8/v1"',
 _LABEL = _str("a label of at most 64 printable characters", lambda s: len(s) <= 64 and s.isprintable())
 _HOST = _str("a host name or IP address", lambda s: 0 < len(s) <= 253 and not any(c.isspace() for c in s))
 _HTTP = ("http", "https")
+
+
 # Another GPUNODE_* name would collide with the settings' own variables, which reject unknown names.
-_ENV_NAME = _str(f"an environment variable name (letters, digits, _), not starting with {ENV_PREFIX} "
-                 f"unless it is {ENV_WALLET_PASSWORD}",
-                 lambda s: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s)
-                 and (not s.startswith(ENV_PREFIX) or s == ENV_WALLET_PASSWORD))
+def _env_name(own: str) -> _Spec:
+    return _str(f"an environment variable name (letters, digits, _), not starting with {ENV_PREFIX} "
+                f"unless it is {own}",
+                lambda s: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s) and (not s.startswith(ENV_PREFIX) or s == own))
+
+
+_ENV_NAME = _env_name(ENV_WALLET_PASSWORD)
 
 
 def _opt(raw: Any, spec: _Spec) -> Any:
@@ -298,7 +305,8 @@ class ApiSettings:
 
 @dataclass(frozen=True)
 class PayoutSettings:
-    """Where earnings go and how much ETH stays behind to keep paying for gas."""
+    """Where earnings go, how much ETH stays behind to keep paying for gas, and the hot key that
+    `gpunode payout` (node/payout) moves them with."""
 
     address: str = _opt("", _address(empty_ok=True))
     withdraw_threshold: Decimal = _opt("0", _DECIMAL)
@@ -306,6 +314,10 @@ class PayoutSettings:
     sweep_threshold: Decimal = _opt("0", _DECIMAL)
     gas_reserve_eth: Decimal = _opt("0.05", _DECIMAL)
     max_gas_gwei: float = _opt(100.0, _float(0, lo_open=True))
+    # Its password, like the wallet's, never enters Settings: node.payout.keys reads it when needed.
+    keystore: Path | None = _opt("", _path(empty_ok=True))
+    password_env: str = _opt(ENV_PAYOUT_PASSWORD, _env_name(ENV_PAYOUT_PASSWORD))
+    password_file: Path | None = _opt("", _path(empty_ok=True))
 
 
 @dataclass(frozen=True)
@@ -332,7 +344,8 @@ _ENV_NAMES = {
     for sec, cls in _SECTIONS.items()
     for f in fields(cls)
 }
-_TOKEN_AMOUNTS = ("pricing.price_per_gpu_second", "policy.max_bond", "payout.sweep_threshold")
+_TOKEN_AMOUNTS = ("pricing.price_per_gpu_second", "policy.max_bond", "payout.withdraw_threshold",
+                  "payout.sweep_threshold")
 
 
 def raw_defaults() -> dict[str, dict[str, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("gpunode.supervisor")
@@ -32,6 +32,7 @@ class Supervisor:
     def __init__(self, *, on_restart: Callable[[str], None] = lambda name: None, backoff_s: float = 1.0,
                  max_backoff_s: float = 60.0, healthy_after_s: float = 60.0) -> None:
         self._tasks: dict[str, TaskState] = {}
+        self._stopping: set[str] = set()
         self._on_restart = on_restart
         self._backoff, self._max_backoff, self._healthy_after = backoff_s, max_backoff_s, healthy_after_s
 
@@ -50,6 +51,9 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - this is the one place that must catch everything
+                if state.name in self._stopping:  # a cancel turned into an error by a library: stop, don't restart
+                    state.done = True
+                    return
                 state.restarts += 1
                 state.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 if time.monotonic() - state.started >= self._healthy_after:
@@ -74,7 +78,19 @@ class Supervisor:
     async def stop(self, *names: str) -> None:
         """Cancels the named tasks (all when none are named) and waits until they are gone."""
         chosen = [self._tasks[n] for n in names if n in self._tasks] if names else list(self._tasks.values())
-        tasks = [s.task for s in chosen if s.task is not None and not s.task.done()]
-        for t in tasks:
+        self._stopping.update(s.name for s in chosen)
+        await cancel_and_wait([s.task for s in chosen if s.task is not None])
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task], *, recancel_s: float = 1.0) -> None:
+    """Cancels the tasks and waits until every one has ended, cancelling again while any is left.
+
+    One cancel is not always enough: a library may swallow it (or turn it into another error) in the
+    middle of a request, and on Python 3.11 a cancel that races the completion of an awaited future can be
+    lost. A stop that waited on a single cancel would then hang the node (and its tests) forever.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, pending = await asyncio.wait(pending, timeout=recancel_s)

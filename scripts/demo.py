@@ -36,6 +36,7 @@ from node.chain.deploy import ProtocolParams
 from node.chain.devnet import Anvil
 from node.chain.protocol import Protocol
 from node.compute.commitment import commit_bytes
+from node.requester.verify import verify_matmul
 from scripts.devnet import start_devnet
 from scripts.localnode import TOKEN, envelope, job_id, offer, provision
 
@@ -175,6 +176,11 @@ def run_jobs(proto, node, requester, keys, work, say, started) -> int:
     ok = status == 200 and commit_bytes(result).root == root
     say(f"      result of {first[:12]}… downloaded with the requester's signature: {len(result):,} bytes, "
         f"root {'matches' if ok else 'DOES NOT MATCH'} the chain")
+    if ok:  # what `gpunode request verify` does: an exact Freivalds check against the job's own inputs
+        (work / "result.bin").write_bytes(result)
+        report = verify_matmul(json.loads(matmul(256, 256)), None, work / "result.bin")
+        ok = report.ok
+        say(f"      verified as the requester tools do: {'right' if ok else 'WRONG'}: {report.detail}")
     stranger = sign_result_request(keys[0], first, node.address, proto.deployment.chain_id)
     code = node.request(f"/results/{first}", headers=stranger)[0]
     say(f"      the same download signed by someone else: HTTP {code}")

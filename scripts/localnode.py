@@ -7,6 +7,7 @@ Dev-only shortcuts are marked: the keystore uses a cheap KDF so each start unloc
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -36,11 +37,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def ensure_bench(path: Path) -> dict[str, Any]:
-    """A quick benchmark of this machine (what `gpunode bench --quick` writes), made once and reused."""
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "node.cli", "bench", "--quick", "--out", str(path)], check=True,
-                       stdout=subprocess.DEVNULL, cwd=REPO)
+    """A quick benchmark of this machine (what `gpunode bench --quick` writes), made once and reused.
+
+    Callers in several processes (parallel test workers) may share one path: a lock beside it makes the
+    first one measure while the others wait, and the file appears whole (written elsewhere, then renamed).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            subprocess.run([sys.executable, "-m", "node.cli", "bench", "--quick", "--out", str(partial)], check=True,
+                           stdout=subprocess.DEVNULL, cwd=REPO, timeout=600)
+            os.replace(partial, path)
     return json.loads(path.read_text())
 
 
@@ -141,7 +150,7 @@ class LocalNode:
 
 def provision(proto: Protocol, rpc_url: str, deployments: Path, operator_key: str, payout: str, data_dir: Path, *,
               bench: Path, stake: int = 1000 * TOKEN, price_per_gpu_second: str = "0.0001",
-              settings: dict[str, dict[str, Any]] | None = None) -> LocalNode:
+              settings: dict[str, dict[str, Any]] | None = None, port: int | None = None) -> LocalNode:
     """Keystore, benchmark, registration, stake and config for a node in ``data_dir`` (not started)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     keystore = data_dir / "key.json"
@@ -151,11 +160,11 @@ def provision(proto: Protocol, rpc_url: str, deployments: Path, operator_key: st
     attestation = ensure_bench(bench)
     shutil.copyfile(bench, data_dir / "bench.json")
     operator = proto.account(operator_key).address
-    if not proto.registry.functions.isActive(operator).call():
+    port = port or free_port()
+    if not proto.registry.functions.isActive(operator).call():  # the endpoint requesters download results from
         cap = Capacity("cpu (local)", 1, 0, 0, 0, bytes.fromhex(attestation["benchmark_hash"][2:]))
-        proto.register(operator_key, payout, cap, price_floor=10**12, endpoint="http://127.0.0.1")
+        proto.register(operator_key, payout, cap, price_floor=10**12, endpoint=f"http://127.0.0.1:{port}")
         proto.stake(operator_key, stake)
-    port = free_port()
     cfg: dict[str, dict[str, Any]] = {
         "node": {"data_dir": str(data_dir), "log_level": "info", "shutdown_grace_s": 60.0},
         "chain": {"chain_id": proto.deployment.chain_id, "rpc_urls": [rpc_url], "deployments": str(deployments),

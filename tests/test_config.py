@@ -274,7 +274,9 @@ def test_unknown_gpunode_variable_is_an_error(tmp_path: Path) -> None:
 
 def test_non_setting_variables_are_allowed(tmp_path: Path) -> None:
     path = write(tmp_path, "[api]\nport = 9001\n")
-    s = load_settings(None, env={"GPUNODE_CONFIG": str(path), "GPUNODE_WALLET_PASSWORD": "pw"})
+    # every password variable the tools read may sit in one secrets file beside the node's own settings
+    s = load_settings(None, env={"GPUNODE_CONFIG": str(path), "GPUNODE_WALLET_PASSWORD": "pw",
+                                 "GPUNODE_PAYOUT_PASSWORD": "pw2", "GPUNODE_REQUESTER_PASSWORD": "pw3"})
     assert s.api.port == 9001
 
 

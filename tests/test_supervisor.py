@@ -60,3 +60,36 @@ async def test_a_task_that_returns_is_done_and_may_be_spawned_again():
     await asyncio.sleep(0.05)
     assert calls == 2
     await sup.stop()
+
+
+async def test_stop_ends_tasks_that_swallow_a_cancel_or_turn_it_into_an_error():
+    """A loop that catches the first cancel and goes on, and one whose library turns the cancel into an
+    ordinary error, both end on stop(); neither is restarted."""
+    restarts: list[str] = []
+    sup = Supervisor(on_restart=restarts.append, backoff_s=0.01)
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed > 1:
+                    raise
+
+    async def converting() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise ConnectionError("request aborted") from None
+
+    sup.spawn("stubborn", stubborn)
+    sup.spawn("converting", converting)
+    await asyncio.sleep(0.01)
+    async with asyncio.timeout(30):
+        await sup.stop()
+    assert swallowed == 2
+    assert restarts == []
+    assert not sup.running("stubborn") and not sup.running("converting")

@@ -26,6 +26,7 @@ from node.chain.deployments import Deployment, DeploymentError, load_deployment
 from node.chain.fees import GWEI, FeePolicy
 from node.chain.keys import Signer, default_keystore_path, load_signer, resolve_password
 from node.chain.protocol import Capacity
+from node.chain.rpc import redact
 from node.config import Settings
 
 ZERO = "0x" + "00" * 20
@@ -113,13 +114,13 @@ def connect(settings: Settings, *, max_fee_gwei: float | None = None) -> Operato
         try:
             chain_id = w3.eth.chain_id
         except Exception as exc:  # connection refused, DNS, timeout, HTTP error: try the next endpoint
-            errors.append(f"{url}: {type(exc).__name__}")
+            errors.append(f"{redact(url)}: {type(exc).__name__}")
             continue
         break
     else:
         raise OperatorError(f"no RPC endpoint answered ({'; '.join(errors)}); check chain.rpc_urls")
     if chain_id != settings.chain.chain_id:
-        raise OperatorError(f"{url} is chain {chain_id}, but chain.chain_id is {settings.chain.chain_id}")
+        raise OperatorError(f"{redact(url)} is chain {chain_id}, but chain.chain_id is {settings.chain.chain_id}")
     try:
         dep = load_deployment(settings.chain.deployments, expected_chain_id=chain_id)
     except DeploymentError as exc:

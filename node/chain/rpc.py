@@ -37,6 +37,8 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
+from node.supervisor import cancel_and_wait
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -61,7 +63,10 @@ class ChainMismatchError(RpcError):
 def redact(url: str) -> str:
     """scheme://host[:port] only: provider URLs often carry an API key in the path or query."""
     parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number (text glued to the URL, e.g. "host:9:"): drop it rather than fail
+        port = ""
     return f"{parts.scheme}://{parts.hostname}{port}"
 
 
@@ -135,9 +140,7 @@ class RpcClient:
     async def close(self) -> None:
         task, self._ws_task = self._ws_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
         for ep in self.endpoints:
             with contextlib.suppress(Exception):
                 await ep.w3.provider.disconnect()

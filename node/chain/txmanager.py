@@ -34,6 +34,7 @@ from node.chain.contracts import decode_revert
 from node.chain.fees import FeePolicy, Fees
 from node.chain.rpc import Head, RpcClient, RpcError
 from node.chain.txstore import Intent, TxState, TxStore
+from node.supervisor import cancel_and_wait
 
 log = logging.getLogger(__name__)
 GAS_MARGIN = 1.25  # over eth_estimateGas: state can shift between simulation and inclusion
@@ -100,8 +101,7 @@ class TxManager:
         task, self._task = self._task, None
         if task:
             self._stopping = True  # the loop also checks this, in case a library swallows the cancel
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait([task])
 
     async def run(self) -> None:
         """Forever: check open intents, then wait for the next head. A failed pass is logged and counted and

@@ -25,6 +25,7 @@ from node.jobs.policy import Policy
 from node.jobs.scheduler import Candidate, Slots, assign
 from node.jobs.state import JobState
 from node.metrics import Metrics
+from node.supervisor import cancel_and_wait
 
 log = logging.getLogger("gpunode.dispatcher")
 
@@ -156,8 +157,6 @@ class Dispatcher:
         if tasks:
             log.info("waiting up to %.0f s for %d running job(s)", grace_s, len(tasks))
             done, pending = await asyncio.wait(tasks, timeout=grace_s)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(pending)
             return len(pending)
         return 0

@@ -103,3 +103,4 @@ async def test_chain_id_must_match_config_and_deployments(own_anvil):
 def test_urls_are_redacted_in_messages():
     assert redact("https://mainnet.infura.io/v3/SECRETKEY?x=1") == "https://mainnet.infura.io"
     assert redact("http://user:pw@127.0.0.1:8545/path") == "http://127.0.0.1:8545"
+    assert redact("http://127.0.0.1:9:") == "http://127.0.0.1"  # text glued to a URL in an error message

@@ -6,6 +6,8 @@ the files can run in parallel; each test uses its own operator key."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 from eth_account import Account
 from web3 import Web3
@@ -53,7 +55,13 @@ def start_net(tmp_path_factory):
                                  deployments_dir=root, log=lambda *_: None)
         proto = Protocol(Web3(Web3.HTTPProvider(anvil.url)), dep)
         proto.approve(keys[1], dep.market, 2**256 - 1)
-        yield Net(anvil, proto, keys, root / f"{dep.chain_id}.json", root / "bench.json")
+        yield Net(anvil, proto, keys, root / f"{dep.chain_id}.json", shared_bench(tmp_path_factory))
+
+
+def shared_bench(tmp_path_factory) -> Path:
+    """One quick benchmark per test run, shared by every module and xdist worker (ensure_bench locks it)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "bench-quick.json"
 
 
 def post(net: Net, params: bytes, **kw) -> str:

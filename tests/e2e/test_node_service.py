@@ -120,7 +120,8 @@ async def test_idle_only_claims_nothing_while_a_foreign_process_uses_the_gpu(net
         history = [t.to_state.value for t in service.journal.history(job)]
         assert history[:3] == ["seen", "validated", "claimed"]
     finally:
-        await service.stop()
+        async with asyncio.timeout(180):  # a stop that hangs fails here, with its stack, instead of stalling
+            await service.stop()
 
 
 async def _is(value, states: set[str]) -> bool:
