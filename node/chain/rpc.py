@@ -70,6 +70,34 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{port}"
 
 
+class _EventLoopLock:
+    """Stands in for web3's session-cache lock on our async providers, which must never leak.
+
+    web3 8 guards its HTTP session cache with one ``threading.Lock`` shared by every provider in the process,
+    sync and async, and an async request takes it with ``run_in_executor(lock.acquire)``. A request cancelled
+    while that acquire is still queued (our timeouts and failover cancel requests) leaves the executor thread
+    to take the lock after the request's ``finally`` has run, so it is never released: every HTTP request in
+    the process, the node's and any synchronous Web3's, then waits forever. Our async providers are only used
+    from the node's one event loop thread, where the cache's dict operations cannot interleave, so they need
+    no thread lock at all; giving each its own no-op lock also keeps them off the shared one.
+    """
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+    def locked(self) -> bool:
+        return False
+
+    def __enter__(self) -> bool:
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Head:
     number: int
@@ -122,6 +150,7 @@ class RpcClient:
         for url in self.urls:
             provider = AsyncHTTPProvider(url, request_kwargs={"timeout": aiohttp.ClientTimeout(total=self.timeout)},
                                          exception_retry_configuration=None)  # failover is ours to do
+            provider._request_session_manager._lock = _EventLoopLock()  # see _EventLoopLock
             self.endpoints.append(Endpoint(url, AsyncWeb3(provider)))
 
     @classmethod

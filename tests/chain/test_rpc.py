@@ -104,3 +104,30 @@ def test_urls_are_redacted_in_messages():
     assert redact("https://mainnet.infura.io/v3/SECRETKEY?x=1") == "https://mainnet.infura.io"
     assert redact("http://user:pw@127.0.0.1:8545/path") == "http://127.0.0.1:8545"
     assert redact("http://127.0.0.1:9:") == "http://127.0.0.1"  # text glued to a URL in an error message
+
+
+async def test_cancelled_requests_never_leave_an_http_lock_held(own_anvil):
+    """Requests cancelled while web3 is still taking its session-cache lock (what our timeouts do) must not
+    leave a lock held: web3's own is shared by every HTTP provider in the process, sync ones included."""
+    import asyncio
+
+    from web3._utils.http_session_manager import HTTPSessionManager
+
+    rpc = RpcClient([own_anvil.url], timeout=5)
+    manager = rpc.endpoints[0].w3.provider._request_session_manager
+    try:
+        # Another request holds the lock this provider uses. web3's cancelled acquire releases it (its
+        # `finally` sees the lock taken) and then takes it in the executor for good: a leak.
+        assert manager._lock.acquire(timeout=1)
+        task = asyncio.create_task(manager.async_cache_and_return_session(own_anvil.url))
+        await asyncio.sleep(0.2)  # the request now waits for that lock in web3's executor
+        task.cancel()  # what a timeout around the request does
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.5)  # every queued acquire has run by now
+        assert not HTTPSessionManager._lock.locked()
+        async with asyncio.timeout(10):
+            assert await rpc.endpoints[0].w3.eth.chain_id == own_anvil.chain_id
+    finally:
+        await rpc.close()
+        if HTTPSessionManager._lock.locked():  # leaked (the bug): free it so later tests in this worker run
+            HTTPSessionManager._lock.release()
