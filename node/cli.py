@@ -47,7 +47,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None))
 
 
-def _units(amount: Decimal, decimals: int, flag: str) -> int:
+def token_units(amount: Decimal, decimals: int, flag: str) -> int:
+    """Whole tokens (from amount_arg) to base units; too many decimal places is the user's error, never rounded."""
     try:
         return to_base_units(amount, decimals)
     except ValueError:
@@ -160,9 +161,9 @@ def _register(args: argparse.Namespace) -> int:
     if not payout:
         raise CliError("no payout address", "pass --payout ADDRESS or set payout.address in the config; "
                        "earnings are paid there, so use a wallet you control (ideally a cold one)")
-    stake = None if args.stake is None else _units(args.stake, decimals, "--stake")
+    stake = None if args.stake is None else token_units(args.stake, decimals, "--stake")
     price = (settings.pricing.price_per_gpu_second_units if args.price_floor is None
-             else _units(args.price_floor, decimals, "--price-floor"))
+             else token_units(args.price_floor, decimals, "--price-floor"))
     endpoint = args.endpoint or settings.api.public_url or local_api(settings)
     if not (args.endpoint or settings.api.public_url) and settings.api.host in ("0.0.0.0", "::"):
         print(f"warning: advertising {endpoint}, which only this machine can reach; set api.public_url or pass "
@@ -350,20 +351,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _report(command: str, exc: BaseException) -> str:
-    """The one line (plus a hint line) an operator sees for a failed command."""
+def report_error(command: str, exc: BaseException, expected: tuple[type[BaseException], ...] = ()) -> str:
+    """The one line (plus a hint line) an operator sees for a failed command. `expected`: more error classes
+    whose message is written for the user (a command's own), besides the ones named in _EXPECTED."""
     names = {cls.__name__ for cls in type(exc).__mro__}
     if isinstance(exc, ConfigError):
         problems = "\n".join(f"  {p}" for p in exc.problems)
         return (f"gpunode {command}: error: the configuration is invalid:\n{problems}\n"
                 "hint: fix it and check with `gpunode config FILE`")
-    if names & _EXPECTED:
+    if names & _EXPECTED or isinstance(exc, expected):
         hint = getattr(exc, "hint", "")
         prefix = "error: " if getattr(exc, "label", True) else ""
         return f"gpunode {command}: {prefix}{exc}" + (f"\nhint: {hint}" if hint else "")
     text = str(exc) or type(exc).__name__
     return (f"gpunode {command}: error: {type(exc).__name__}: {text}\n"
             "hint: this was not expected; rerun with --debug for the traceback and report it if it persists")
+
+
+def run_guarded(command: str, call: Callable[[], int], *, debug: bool,
+                expected: tuple[type[BaseException], ...] = (),
+                on_error: Callable[[BaseException], None] | None = None) -> int:
+    """Runs a command: Ctrl-C is exit 130, any failure one report (or, with --debug, the traceback) and exit 1."""
+    try:
+        return call()
+    except KeyboardInterrupt:
+        print(f"\ngpunode {command}: cancelled", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        else:
+            print(report_error(command, exc, expected), file=sys.stderr)
+        if on_error is not None:
+            on_error(exc)
+        return 1
 
 
 # A 32-byte hex value, alone or as --option=value: what a private key pasted onto the command line looks like.
@@ -391,17 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from node.logs import setup_logging
 
         setup_logging("debug" if args.debug else "warning")
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print(f"\ngpunode {args.command}: cancelled", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if args.debug:
-            traceback.print_exc()
-        else:
-            print(_report(args.command, exc), file=sys.stderr)
-        return 1
+    return run_guarded(args.command, lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

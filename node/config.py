@@ -498,13 +498,21 @@ def read_wallet_password(settings: Settings, env: Mapping[str, str] | None = Non
     The variable named by wallet.password_env ($GPUNODE_WALLET_PASSWORD by default) wins over
     wallet.password_file; None means neither is set.
     """
+    return read_password(settings.wallet.password_env, settings.wallet.password_file, "wallet.password_file", env)
+
+
+def read_password(variable: str, file: Path | str | None, label: str,
+                  env: Mapping[str, str] | None = None) -> str | None:
+    """A password from $`variable`, else from the first line of `file` (`label` names it in errors), else None.
+
+    Shared by every key the tools unlock (the node's wallet, the payout key, the requester's keystore).
+    """
     env = os.environ if env is None else env
-    if settings.wallet.password_env in env:
-        return env[settings.wallet.password_env]
-    pw_file = settings.wallet.password_file
-    if pw_file is None:
+    if variable in env:
+        return env[variable]
+    if file is None:
         return None
     try:
-        return pw_file.read_text(encoding="utf-8").rstrip("\r\n")
+        return Path(file).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as e:
-        raise ConfigError([f"{pw_file}: wallet.password_file: cannot read: {e.strerror or e}"]) from None
+        raise ConfigError([f"{file}: {label}: cannot read: {e.strerror or e}"]) from None

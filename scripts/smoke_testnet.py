@@ -43,6 +43,7 @@ from node.chain.deployments import DeploymentError, default_path, load_deploymen
 from node.chain.fees import GWEI, FeePolicy
 from node.chain.keys import KeystoreError, Signer, keystore_info, parse_private_key
 from node.chain.protocol import Protocol
+from node.chain.rpc import redact
 
 TOKEN = 10**18
 WORKLOAD = "matmul-int8/v1"
@@ -78,12 +79,6 @@ class SmokeError(RuntimeError):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
-
-
-def redact(url: str) -> str:
-    """scheme://host[:port] only: hosted RPC URLs carry their API key in the path or the query."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def scrub(text: str, url: str) -> str:

@@ -7,12 +7,12 @@ malformed address must stop the node at start, not send a claim to the wrong con
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from eth_utils import is_address, to_checksum_address
+
+from node.files import write_atomic
 
 CONTRACT_KEYS = ("token", "registry", "market")
 
@@ -69,8 +69,4 @@ def load_deployment(path: Path, expected_chain_id: int | None = None) -> Deploym
 
 def save_deployment(dep: Deployment, path: Path) -> None:
     """Writes atomically, so a crash never leaves a half-written addresses file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(dep.to_json())
-    os.replace(tmp, path)
+    write_atomic(path, dep.to_json())

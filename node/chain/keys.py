@@ -30,7 +30,7 @@ from eth_account.messages import SignableMessage
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
-from node.config import ConfigError, Settings, read_wallet_password
+from node.config import ConfigError, Settings, read_password, read_wallet_password
 
 log = logging.getLogger(__name__)
 
@@ -282,3 +282,17 @@ def resolve_password(settings: Settings, *, confirm: bool, what: str = "keystore
     if confirm and not password:
         raise KeystoreError(f"refusing an empty {what}")
     return password
+
+
+def password_or_prompt(variable: str, file: Path | None, label: str, *, what: str, hint: str) -> str:
+    """For a tool's own keystore (payout key, requester key): $`variable`, else `file`, else a hidden prompt
+    when a human is at a terminal; otherwise a KeystoreError that says `hint` (where to put the password)."""
+    try:
+        password = read_password(variable, file, label)
+    except ConfigError as e:
+        raise KeystoreError(str(e)) from None
+    if password is not None:
+        return password
+    if sys.stdin is not None and sys.stdin.isatty():
+        return getpass.getpass(f"{what}: ")
+    raise KeystoreError(f"no {what}: {hint}")

@@ -11,16 +11,12 @@ A dry run only needs addresses, which keystores record in the clear, so it asks 
 
 from __future__ import annotations
 
-import getpass
-import os
-import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from web3 import Web3
 
-from node.chain.keys import KeystoreError, Signer, default_keystore_path, keystore_address, load_signer
+from node.chain.keys import Signer, default_keystore_path, keystore_address, load_signer, password_or_prompt
 from node.chain.provider import OperatorError, operator_signer
 from node.config import Settings
 
@@ -47,21 +43,12 @@ def provider_address(settings: Settings, override: str | None) -> str:
     return address
 
 
-def read_payout_password(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+def read_payout_password(settings: Settings) -> str:
     """$<payout.password_env>, else payout.password_file, else a prompt when a human is at a terminal."""
-    env = os.environ if env is None else env
-    if settings.payout.password_env in env:
-        return env[settings.payout.password_env]
-    if settings.payout.password_file is not None:
-        try:
-            return settings.payout.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise KeystoreError(f"{settings.payout.password_file}: payout.password_file: cannot read: "
-                                f"{exc.strerror or exc}") from None
-    if sys.stdin is not None and sys.stdin.isatty():
-        return getpass.getpass("payout keystore password: ")
-    raise KeystoreError(f"no payout keystore password: set ${settings.payout.password_env} or payout.password_file "
-                        "(a timer or cron has no terminal to ask on)")
+    return password_or_prompt(settings.payout.password_env, settings.payout.password_file, "payout.password_file",
+                              what="payout keystore password",
+                              hint=f"set ${settings.payout.password_env} or payout.password_file (a timer or cron "
+                                   "has no terminal to ask on)")
 
 
 def _address_of(path: Path, settings: Settings, unlock: bool) -> tuple[str, Signer | None]:

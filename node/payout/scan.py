@@ -12,8 +12,6 @@ when the chain says Submitted with ``due`` at or before the latest block's time.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from requests.exceptions import Timeout
 from web3.exceptions import Web3RPCError
 
 from node.chain.provider import OperatorChain
+from node.files import write_atomic
 
 CHUNK = 2000  # blocks per eth_getLogs; many public endpoints refuse wider ranges (narrower ones: halved on refusal)
 STATE_NAME = "payout-state.json"
@@ -75,16 +74,7 @@ class ScanState:
         body = {"version": STATE_VERSION, "chain_id": self.chain_id, "market": self.market,
                 "provider": self.provider, "next_block": self.next_block, "candidates": self.candidates}
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(body, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, json.dumps(body, indent=1, sort_keys=True))
 
 
 def scan_submissions(chain: OperatorChain, state: ScanState, head: int, *, margin: int) -> int:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import traceback
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
-from node.cli import address_arg, amount_arg
+from node.cli import address_arg, amount_arg, run_guarded
 from node.requester import commands as c
 from node.requester.client import JOB_STATES
 from node.requester.state import DEFAULT_STATE_DIR
@@ -202,18 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _report(command: str, exc: BaseException) -> str:
-    from node.config import ConfigError
-
-    if isinstance(exc, ConfigError):
-        return f"{PROG} {command}: error: the configuration is invalid:\n" + "\n".join(f"  {p}" for p in exc.problems)
-    if isinstance(exc, c.expected_errors()):
-        hint = getattr(exc, "hint", "")
-        return f"{PROG} {command}: error: {exc}" + (f"\nhint: {hint}" if hint else "")
-    return (f"{PROG} {command}: error: {type(exc).__name__}: {exc}\n"
-            "hint: this was not expected; rerun with --debug for the traceback")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns the exit code (0 ok, 1 error, 2 usage, 3 result wrong)."""
     parser = build_parser()
@@ -225,15 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     out = c.Output(args.json)
-    try:
-        return args.func(args, out)
-    except KeyboardInterrupt:
-        print(f"\n{PROG} {args.command}: cancelled", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if args.debug:
-            traceback.print_exc()
-        else:
-            print(_report(args.command, exc), file=sys.stderr)
+
+    def failed(exc: BaseException) -> None:  # scripts reading --json get the failure too
         out.emit({"ok": False, "error": str(exc), "hint": getattr(exc, "hint", "")})
-        return 1
+
+    return run_guarded(f"request {args.command}", lambda: args.func(args, out), debug=args.debug,
+                       expected=c.expected_errors(), on_error=failed)

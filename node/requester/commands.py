@@ -7,9 +7,7 @@ token amounts as decimal strings of base units, since they exceed what JSON numb
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,11 +15,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from node.chain.keys import Signer, load_signer, parse_private_key
+from node.chain.keys import Signer, load_signer, parse_private_key, password_or_prompt
 from node.chain.offers import ZERO_ADDRESS
 from node.chain.provider import Step, tokens
 from node.chain.verify import SignedOffer
-from node.config import load_settings, to_base_units
+from node.cli import CliError, token_units
+from node.config import load_settings
 from node.requester.client import TERMINAL, Requester
 from node.requester.errors import RequesterError
 from node.requester.pipeline import JobSpec, run_job
@@ -33,14 +32,6 @@ PASSWORD_ENV = "GPUNODE_REQUESTER_PASSWORD"
 DEFAULT_RPC = "http://127.0.0.1:8545"
 EXIT_WRONG = 3  # the result was verified and is wrong
 _MAX_KEY_FILE = 4096
-
-
-class CliError(Exception):
-    """A failure the user can fix; ``hint`` says how."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 class Output:
@@ -81,16 +72,9 @@ def signer_from(args: argparse.Namespace, *, required: bool = True) -> Signer | 
 
         return Signer(Account.from_key(parse_private_key(text)))
     if args.keystore:
-        password = os.environ.get(PASSWORD_ENV)
-        if password is None and args.password_file:
-            try:
-                password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise CliError(f"cannot read the password file {args.password_file}: {exc.strerror}") from None
-        if password is None:
-            if not (sys.stdin and sys.stdin.isatty()):
-                raise CliError("no keystore password", f"set ${PASSWORD_ENV} or pass --password-file FILE")
-            password = getpass.getpass("requester keystore password: ")
+        password = password_or_prompt(PASSWORD_ENV, args.password_file, "--password-file",
+                                      what="requester keystore password",
+                                      hint=f"set ${PASSWORD_ENV} or pass --password-file FILE")
         return load_signer(Path(args.keystore), password)
     if required:
         raise CliError("this command signs with the requester's key", "pass --keystore FILE (password from "
@@ -111,12 +95,7 @@ def requester_from(args: argparse.Namespace, *, key: bool = True) -> Requester:
 
 
 def units(req: Requester, amount: Decimal, flag: str) -> int:
-    decimals = req.decimals()
-    try:
-        return to_base_units(amount, decimals)
-    except ValueError:
-        raise CliError(f"{flag} {amount}: the token has {decimals} decimals, so at most {decimals} decimal "
-                       "places") from None
+    return token_units(amount, req.decimals(), flag)
 
 
 def job_json(job: dict[str, Any]) -> dict[str, Any]:

@@ -10,15 +10,14 @@ is public once posted), but are written owner-only anyway, atomically, so a read
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from node.chain.verify import OfferRejected, SignedOffer
+from node.files import write_atomic
 
 DEFAULT_STATE_DIR = Path("~/.gpunode-requester")
 _JOB_ID = re.compile(r"0x[0-9a-f]{64}")
@@ -88,18 +87,7 @@ class JobStore:
     def save(self, record: JobRecord) -> Path:
         self.jobs.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.path(record.job_id)
-        fd, tmp = tempfile.mkstemp(dir=self.jobs, prefix=".job-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(record.to_json(), fh, indent=2)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, json.dumps(record.to_json(), indent=2) + "\n")
         return path
 
     def load(self, job_id: str) -> JobRecord:
