@@ -32,7 +32,8 @@ $(NPM_DIR)/node_modules/.installed: $(NPM_DIR)/package.json $(NPM_DIR)/package-l
 	cd $(NPM_DIR) && npm ci --no-audit --no-fund
 	touch $@
 
-$(NPM_DIR)/out/.built: $(NPM_DIR)/node_modules/.installed $(NPM_DIR)/foundry.toml $(wildcard $(NPM_DIR)/src/*.sol)
+$(NPM_DIR)/out/.built: $(NPM_DIR)/node_modules/.installed $(NPM_DIR)/foundry.toml $(wildcard $(NPM_DIR)/src/*.sol) \
+		$(wildcard $(NPM_DIR)/src/lib/*.sol)
 	cd $(NPM_DIR) && node_modules/.bin/forge build
 	touch $@
 

@@ -3,8 +3,9 @@
 Every command turns a failure into one line on stderr (``gpunode <cmd>: error: ...``) plus, where it helps,
 a hint, and exits 1 (2 for usage errors); ``--debug`` shows the traceback instead. The work itself lives in
 the library (node.chain.provider for register/withdraw, node.service for run), so it is testable without a
-terminal. ``request`` (node.requester.cli), ``payout`` (node.payout.cli) and ``devnet`` (scripts/devnet.py) have
-parsers of their own: the arguments after the command name are handed to them as they are.
+terminal. ``request`` (node.requester.cli), ``payout`` (node.payout.cli), ``mediate`` (node.mediator.cli) and
+``devnet`` (scripts/devnet.py) have parsers of their own: the arguments after the command name are handed to
+them as they are.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ DELEGATED = {
     "request": ("requester tools: sign, post, follow, download and verify jobs; accept or dispute",
                 "node.requester.cli:main"),
     "payout": ("finalize due jobs, withdraw and sweep earnings (for cron or a systemd timer)", "node.payout.cli:main"),
+    "mediate": ("mediator tools: check a disputed job and sign a ruling; submit rulings to resolve it",
+                "node.mediator.cli:main"),
 }
 # Errors whose message is already written for the operator: shown as is, without "rerun with --debug".
 # Matched by class name so that classifying an error never imports the (slow) module that defines it.

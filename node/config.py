@@ -33,7 +33,9 @@ ENV_CONFIG = "GPUNODE_CONFIG"  # path of the TOML file when load_settings() gets
 ENV_WALLET_PASSWORD = "GPUNODE_WALLET_PASSWORD"  # keystore password; never stored in Settings
 ENV_PAYOUT_PASSWORD = "GPUNODE_PAYOUT_PASSWORD"  # the hot payout keystore's password (node.payout); likewise
 ENV_REQUESTER_PASSWORD = "GPUNODE_REQUESTER_PASSWORD"  # the requester tools' keystore (node.requester); likewise
-NON_SETTING_ENV_VARS = frozenset({ENV_CONFIG, ENV_WALLET_PASSWORD, ENV_PAYOUT_PASSWORD, ENV_REQUESTER_PASSWORD})
+ENV_MEDIATOR_PASSWORD = "GPUNODE_MEDIATOR_PASSWORD"  # a mediator's keystore (node.mediator); likewise
+NON_SETTING_ENV_VARS = frozenset({ENV_CONFIG, ENV_WALLET_PASSWORD, ENV_PAYOUT_PASSWORD, ENV_REQUESTER_PASSWORD,
+                                  ENV_MEDIATOR_PASSWORD})
 
 
 class ConfigError(ValueError):

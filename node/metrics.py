@@ -44,6 +44,9 @@ class Metrics:
                                  registry=r)
         self.task_restarts = Counter("gpunode_task_restarts", "Supervised tasks restarted after an error",
                                      ["task"], registry=r)
+        self.reveals = Counter("gpunode_reveals", "Reveal demands against our results, by what the node did "
+                               "(sent, rejected, no_result, too_late, unknown_job, reverted_before)", ["outcome"],
+                               registry=r)
         self.head = Gauge("gpunode_chain_head", "Latest block number seen", registry=r)
         for state in JobState:
             self.jobs.labels(state.value)

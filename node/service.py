@@ -44,6 +44,7 @@ from node.jobs.executor import Executor, Paths
 from node.jobs.intake import Intake, OfferReply
 from node.jobs.journal import Journal
 from node.jobs.policy import Policy, device_profiles
+from node.jobs.reveal import Revealer
 from node.jobs.scheduler import Slots
 from node.jobs.settler import Settler
 from node.jobs.state import JobState
@@ -150,10 +151,17 @@ class NodeService:
         self.watcher = Watcher(self.journal, self.provider, self.metrics, self.payout)
         self.settler = Settler(self.journal, self.txm, self.rpc, self.market, self.payout or self.provider,
                                withdraw_threshold=_units(s), metrics=self.metrics)
+        # Deployments without a verifier (older files) follow the market and registry only, as before.
+        verifier = getattr(self.deployment, "verifier", None)
+        self.revealer = Revealer(self.journal, self.txm, self.rpc, verifier, self.provider, self.metrics,
+                                 chain_time=self.chain_time, recheck_s=max(30.0, s.chain.poll_interval_s)) \
+            if verifier else None
+        followed = {"market": self.market, "registry": self.deployment.registry}
+        if verifier:
+            followed["verifier"] = verifier
         start_block = s.chain.start_block if s.chain.start_block is not None else head.number
-        self.follower = EventFollower(self.rpc, self.dirs.path("events.db"),
-                                      {"market": self.market, "registry": self.deployment.registry},
-                                      self._on_events, start_block=start_block, reorg_depth=s.chain.reorg_depth)
+        self.follower = EventFollower(self.rpc, self.dirs.path("events.db"), followed, self._on_events,
+                                      start_block=start_block, reorg_depth=s.chain.reorg_depth)
         self.api = await start_api(self, s.api.host, s.api.port) if s.api.enabled else None
 
         sup = self.supervisor
@@ -163,6 +171,8 @@ class NodeService:
         sup.spawn("monitor", self.idle.run)
         sup.spawn("dispatcher", lambda: self.dispatcher.run(s.chain.poll_interval_s))
         sup.spawn("settler", self._settle_loop)
+        if self.revealer is not None:
+            sup.spawn("reveals", self.revealer.run)
         log.info("gpunode %s running: provider %s, chain %d, market %s, devices %s, API %s", __version__,
                  self.provider, s.chain.chain_id, self.market, ", ".join(self.slots.devices),
                  f"http://{s.api.host}:{s.api.port}" if self.api else "off")
@@ -255,6 +265,9 @@ class NodeService:
         for ev in events:
             if ev.name == "OfferPosted":
                 await self.intake.on_event(ev)
+            elif ev.contract == "verifier":
+                if self.revealer is not None:
+                    await self.revealer.on_event(ev)
             else:
                 await asyncio.to_thread(self.watcher.apply, ev)
 

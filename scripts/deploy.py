@@ -51,7 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--challenge-window", type=int, default=3600, help="seconds (60 .. 30 days)")
     ap.add_argument("--unbonding-delay", type=int, default=7 * 24 * 3600, help="seconds")
     ap.add_argument("--treasury", help="fee recipient (default: deployer)")
-    ap.add_argument("--arbiter", help="dispute arbiter (default: deployer)")
+    ap.add_argument("--arbiter", help="dispute arbiter (default: deployer; replaced by --mediator)")
+    ap.add_argument("--mediator", action="append", default=[], metavar="ADDR",
+                    help="a mediator of the M-of-N panel that becomes the arbiter (repeat for each)")
+    ap.add_argument("--mediator-threshold", type=int, default=0, metavar="M",
+                    help="signatures a ruling needs (default: a majority of the mediators)")
+    ap.add_argument("--challenge-bond", type=int, default=10 * 10**18,
+                    help="matmul-int8 fraud proofs: what a challenger risks, in token base units (default 10 tokens)")
+    ap.add_argument("--reveal-window", type=int, default=3600,
+                    help="seconds a provider has to answer a reveal demand (60 .. 7 days)")
     ap.add_argument("--owner", help="hand ownership to this address after deploying (it must accept)")
     args = ap.parse_args(argv)
 
@@ -71,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"deploying to chain {chain_id} from {deployer}")
     params = ProtocolParams(fee_bps=args.fee_bps, challenge_window_s=args.challenge_window,
                             unbonding_delay_s=args.unbonding_delay, treasury=args.treasury,
-                            arbiter=args.arbiter, owner=args.owner)
+                            arbiter=args.arbiter, owner=args.owner, challenge_bond=args.challenge_bond,
+                            reveal_window_s=args.reveal_window, mediators=tuple(args.mediator),
+                            mediator_threshold=args.mediator_threshold)
     total = 0
 
     def progress(step: str, receipt: dict) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 #: The contracts whose ABIs the Python side uses; ``make contracts`` exports exactly these.
-EXPORTED_CONTRACTS = ("GpuToken", "ProviderRegistry", "JobMarket", "IWorkloadVerifier")
+EXPORTED_CONTRACTS = ("GpuToken", "ProviderRegistry", "JobMarket", "IWorkloadVerifier", "MatmulInt8Verifier",
+                      "MediatorSet")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FORGE_OUT = REPO_ROOT / "contracts" / "out"

@@ -34,6 +34,11 @@ class ProtocolParams:
     treasury: str | None = None  # default: the deployer
     arbiter: str | None = None  # default: the deployer
     owner: str | None = None  # default: the deployer
+    challenge_bond: int = 10 * 10**18  # MatmulInt8Verifier: what a challenger risks per challenge or demand
+    reveal_window_s: int = 3600  # MatmulInt8Verifier: how long a provider has to answer a reveal demand
+    #: When given, a MediatorSet of these addresses (threshold ``mediator_threshold``) becomes the arbiter.
+    mediators: tuple[str, ...] = ()
+    mediator_threshold: int = 0
 
 
 def send(w3: Web3, account: LocalAccount, call: ContractFunction | dict[str, Any], *, timeout: float = 120) -> Any:
@@ -71,8 +76,9 @@ def deploy_protocol(
     out_dir: Path = FORGE_OUT,
     progress: Callable[[str, Any], None] = lambda step, receipt: None,
 ) -> Deployment:
-    """Deploys GpuToken, ProviderRegistry and JobMarket, wires the registry to the market, and returns
-    the addresses with the first deploy block (where event followers start)."""
+    """Deploys GpuToken, ProviderRegistry, JobMarket and the matmul-int8 fraud-proof verifier (registered with
+    the market), and, when mediators are given, a MediatorSet as the market's arbiter; returns the addresses
+    with the first deploy block (where event followers start)."""
     account: LocalAccount = Account.from_key(deployer_key)
     me = account.address
     token, r_token = deploy_contract(w3, account, "GpuToken", me, out_dir=out_dir)
@@ -86,11 +92,28 @@ def deploy_protocol(
     )
     progress("JobMarket", r_market)
     progress("ProviderRegistry.setMarket", send(w3, account, registry.functions.setMarket(market.address)))
+    verifier, r_ver = deploy_contract(w3, account, "MatmulInt8Verifier", market.address, params.challenge_bond,
+                                      params.reveal_window_s, me, out_dir=out_dir)
+    progress("MatmulInt8Verifier", r_ver)
+    workload = verifier.functions.WORKLOAD().call()
+    progress("JobMarket.setVerifier", send(w3, account, market.functions.setVerifier(workload, verifier.address)))
+    owned = [("GpuToken", token), ("ProviderRegistry", registry), ("JobMarket", market),
+             ("MatmulInt8Verifier", verifier)]
+    mediator_set = None
+    if params.mediators:
+        mediators = [Web3.to_checksum_address(a) for a in params.mediators]
+        threshold = params.mediator_threshold or len(mediators) // 2 + 1
+        mediator_set, r_med = deploy_contract(w3, account, "MediatorSet", market.address, mediators, threshold, me,
+                                              out_dir=out_dir)
+        progress("MediatorSet", r_med)
+        progress("JobMarket.setArbiter", send(w3, account, market.functions.setArbiter(mediator_set.address)))
+        owned.append(("MediatorSet", mediator_set))
     owner = params.owner
     if owner and Web3.to_checksum_address(owner) != me:
-        # GpuToken hands over at once; registry and market are Ownable2Step, so the new owner must still
-        # call acceptOwnership (a typo in the address cannot lose the protocol).
-        for name, contract in (("GpuToken", token), ("ProviderRegistry", registry), ("JobMarket", market)):
+        # GpuToken hands over at once; the others are Ownable2Step, so the new owner must still call
+        # acceptOwnership (a typo in the address cannot lose the protocol).
+        for name, contract in owned:
             progress(f"{name}.transferOwnership", send(w3, account, contract.functions.transferOwnership(owner)))
     return Deployment(chain_id=w3.eth.chain_id, token=token.address, registry=registry.address,
-                      market=market.address, deploy_block=r_token["blockNumber"])
+                      market=market.address, deploy_block=r_token["blockNumber"], verifier=verifier.address,
+                      mediator_set=mediator_set.address if mediator_set else None)

@@ -15,6 +15,7 @@ from eth_utils import is_address, to_checksum_address
 from node.files import write_atomic
 
 CONTRACT_KEYS = ("token", "registry", "market")
+OPTIONAL_KEYS = ("verifier", "mediator_set")
 
 
 class DeploymentError(ValueError):
@@ -28,9 +29,14 @@ class Deployment:
     registry: str
     market: str
     deploy_block: int
+    #: MatmulInt8Verifier (fraud proofs for matmul-int8/v1); None in files written before it existed.
+    verifier: str | None = None
+    #: MediatorSet, when the market's arbiter is an M-of-N mediator panel.
+    mediator_set: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        data = {k: v for k, v in asdict(self).items() if v is not None or k not in OPTIONAL_KEYS}
+        return json.dumps(data, indent=2) + "\n"
 
 
 def default_path(chain_id: int, root: Path = Path("deployments")) -> Path:
@@ -47,7 +53,7 @@ def load_deployment(path: Path, expected_chain_id: int | None = None) -> Deploym
     if not isinstance(data, dict):
         raise DeploymentError(f"{path}: must hold a JSON object")
     problems = []
-    unknown = set(data) - {"chain_id", "deploy_block", *CONTRACT_KEYS}
+    unknown = set(data) - {"chain_id", "deploy_block", *CONTRACT_KEYS, *OPTIONAL_KEYS}
     if unknown:
         problems.append(f"unknown keys {sorted(unknown)}")
     for key in ("chain_id", "deploy_block"):
@@ -58,10 +64,15 @@ def load_deployment(path: Path, expected_chain_id: int | None = None) -> Deploym
         value = data.get(key)
         if not isinstance(value, str) or not is_address(value):
             problems.append(f"{key}: must be a 0x address, got {value!r}")
+    for key in OPTIONAL_KEYS:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or not is_address(value)):
+            problems.append(f"{key}: must be a 0x address or absent, got {value!r}")
     if problems:
         raise DeploymentError(f"{path}: " + "; ".join(problems))
+    optional = {k: to_checksum_address(data[k]) for k in OPTIONAL_KEYS if data.get(k) is not None}
     dep = Deployment(chain_id=data["chain_id"], deploy_block=data["deploy_block"],
-                     **{k: to_checksum_address(data[k]) for k in CONTRACT_KEYS})
+                     **{k: to_checksum_address(data[k]) for k in CONTRACT_KEYS}, **optional)
     if expected_chain_id is not None and dep.chain_id != expected_chain_id:
         raise DeploymentError(f"{path}: is for chain {dep.chain_id}, but chain {expected_chain_id} was expected")
     return dep

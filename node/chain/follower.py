@@ -36,7 +36,8 @@ from node.chain.rpc import Head, RpcClient, RpcError, RpcRangeError
 log = logging.getLogger(__name__)
 
 #: Names the node uses for the contracts it follows, and the exported ABI of each.
-CONTRACT_ABIS = {"market": "JobMarket", "registry": "ProviderRegistry", "token": "GpuToken"}
+CONTRACT_ABIS = {"market": "JobMarket", "registry": "ProviderRegistry", "token": "GpuToken",
+                 "verifier": "MatmulInt8Verifier"}
 GENESIS_PARENT = Cursor(-1, b"\x00" * 32)  # "nothing processed yet" when following from block 0
 _BLOCK_TRIES = 5  # fetches of one young block before its logs and header must have agreed
 _GROW_AFTER = 8  # successful ranges before a halved range is allowed to double again
@@ -47,7 +48,7 @@ _MAX_STALLS = 5  # rewinds without progress in one sync before waiting for the n
 class ChainEvent:
     """One decoded log. A removal repeats the event it retracts, with ``removed=True``."""
 
-    contract: str  # "market" | "registry" (the keys of the follower's ``addresses``)
+    contract: str  # "market" | "registry" | "verifier" (the keys of the follower's ``addresses``)
     name: str
     args: dict[str, Any] = field(hash=False)  # checksummed addresses, bytes for bytesN/bytes, ints, dicts
     block_number: int

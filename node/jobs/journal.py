@@ -263,6 +263,28 @@ class Journal:
 
         return self._tx(write)
 
+    def note(self, job_id: str | bytes, *, reason: str, code: str) -> bool:
+        """Adds an event that is not a move (a reveal demand, the reveal sent) to the job's history, as a row
+        from its state to the same state. Idempotent: False (nothing written) when the job already has a row
+        with this code and reason, so a redelivered event is noted once. UnknownJob if the job is not here."""
+        key = job_key(job_id)
+        why = _text(reason, "reason").strip()
+        mcode = _code(code)
+        now = self._clock()
+
+        def write(db: sqlite3.Connection) -> bool:
+            current = _fetch(db, key)
+            if current is None:
+                raise UnknownJob(key)
+            if db.execute("SELECT 1 FROM job_transitions WHERE job_id = ? AND code = ? AND reason = ?",
+                          (key, mcode, why)).fetchone():
+                return False
+            db.execute("INSERT INTO job_transitions (job_id, from_state, to_state, at, reason, code) "
+                       "VALUES (?,?,?,?,?,?)", (key, current.state.value, current.state.value, now, why, mcode))
+            return True
+
+        return self._tx(write)
+
     # ------------------------------------------------------------------------------------------- reads
 
     def get(self, job_id: str | bytes) -> JobRecord | None:
@@ -271,7 +293,8 @@ class Journal:
             return _fetch(self._db, key)
 
     def history(self, job_id: str | bytes) -> list[Transition]:
-        """Every move of the job, oldest first: the audit trail the owner reads."""
+        """Every move of the job, and every note (a row from a state to itself), oldest first: the audit trail
+        the owner reads."""
         rows = self._read("SELECT id, job_id, from_state, to_state, at, reason, code FROM job_transitions "
                           "WHERE job_id = ? ORDER BY id", (job_key(job_id),))
         return [Transition(r[0], r[1], None if r[2] is None else JobState(r[2]), JobState(r[3]), r[4], r[5], r[6])

@@ -1,7 +1,8 @@
 """``gpunode request`` (and ``scripts/requester.py``): the requester's command line.
 
 Exit codes: 0 done, 1 error (one line on stderr, plus a hint where one helps; ``--debug`` shows the
-traceback), 2 usage, 3 the result was verified and is wrong (``verify``, and ``run`` after disputing it).
+traceback), 2 usage, 3 the result was verified and is wrong (``verify``, and ``run`` after challenging,
+auditing or disputing it).
 The commands themselves live in node.requester.commands; this module is the parser and the error handling.
 """
 
@@ -17,7 +18,9 @@ from pathlib import Path
 from node.cli import address_arg, amount_arg, run_guarded
 from node.requester import commands as c
 from node.requester.client import JOB_STATES
+from node.requester.proof_commands import add_commands as add_proof_commands
 from node.requester.state import DEFAULT_STATE_DIR
+from node.requester.verify import TOLERANCE
 
 PROG = "gpunode request"
 WORKLOADS = ("matmul-int8/v1", "torch-export/v1")
@@ -47,6 +50,11 @@ def _tolerance(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
     return value
+
+
+def _defaults(which: int) -> str:
+    """The per-dtype default tolerances (node.requester.verify.TOLERANCE) for --help."""
+    return ", ".join(f"{value[which]:g} for {dtype}" for dtype, value in TOLERANCE.items())
 
 
 def _workload(text: str) -> str:
@@ -115,7 +123,8 @@ def _terms(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, allow_abbrev=False, description="Requester tools: sign offers, "
                                      "pay, post or send them, follow the jobs, download and verify results, "
-                                     "accept or dispute. Exit codes: 0 ok, 1 error, 2 usage, 3 result wrong.")
+                                     "accept, challenge (matmul-int8 fraud proofs) or dispute. Exit codes: 0 ok, "
+                                     "1 error, 2 usage, 3 result wrong.")
     _globals(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _globals(common, suppress=True)
@@ -151,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--input", type=Path, metavar="FILE", help="the job's input file, recorded for verify")
         p.add_argument("--permit", action="store_true", help="pay by EIP-2612 permit instead of an approve")
 
-    job(command("status", "show a job on chain and what the state dir recorded about it", c.cmd_status))
+    p = job(command("status", "show a job on chain and what the state dir recorded about it", c.cmd_status))
+    p.add_argument("--show-secret", action="store_true", help="also print the job's audit secret (revealing it "
+                   "before the result is committed lets the provider know where an audit will look)")
     p = job(command("follow", "wait for a job, showing its progress, until it has a result or ends", c.cmd_follow))
     p.add_argument("--until", type=_states, metavar="STATES", help="comma-separated states to wait for "
                    "(default Submitted, Disputed or a final state)")
@@ -166,10 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = job(command("verify", "check a downloaded result (exit 3 if it is wrong)", c.cmd_verify))
     p.add_argument("--result", type=Path, metavar="FILE", help="default: the file `fetch` saved")
-    p.add_argument("--rtol", type=_tolerance, metavar="X", help="torch-export: relative tolerance (default 1e-3; "
-                   "1e-2/1.6e-2 for float16/bfloat16)")
-    p.add_argument("--atol", type=_tolerance, metavar="X", help="torch-export: absolute tolerance (default 1e-5; "
-                   "1e-3/1e-2 for float16/bfloat16)")
+    p.add_argument("--rtol", type=_tolerance, metavar="X", help=f"torch-export: relative tolerance (default "
+                   f"{_defaults(0)})")
+    p.add_argument("--atol", type=_tolerance, metavar="X", help=f"torch-export: absolute tolerance (default "
+                   f"{_defaults(1)})")
 
     for name, text, action in (("accept", "pay the provider now (the result is right)", "accept"),
                                ("dispute", "dispute a submitted result within the challenge window", "dispute"),
@@ -178,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                                ("expire", "refund a lapsed job (unclaimed past expiry, or provider late)", "expire")):
         job(command(name, text, c.cmd_settle, action=action))
     command("withdraw", "move your market credit (refunds) to your wallet", c.cmd_withdraw)
+    add_proof_commands(command, job, _duration)
 
     p = command("serve", "serve input files over HTTP until Ctrl-C (devnets; prints their URLs)", c.cmd_serve)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="files (or one directory) to serve")
@@ -185,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_count, default=0, help="port (default: a free one)")
 
     p = command("run", "the whole job: sign, serve the input, pay, post or send, follow, fetch, verify, then "
-                "accept or dispute", c.cmd_run)
+                "accept, or challenge (matmul-int8) or dispute a wrong result", c.cmd_run)
     _terms(p)
     p.add_argument("--serve", action="store_true", help="serve --input from a local HTTP server while needed")
     p.add_argument("--serve-host", default="127.0.0.1", metavar="HOST", help="address for --serve")

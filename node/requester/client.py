@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from web3 import Web3
 
@@ -35,8 +35,11 @@ from node.config import ChainSettings, Settings
 from node.requester.download import MAX_RESULT_BYTES, download_result
 from node.requester.errors import RequesterError
 from node.requester.state import DEFAULT_STATE_DIR, JobRecord, JobStore, normalise_job_id
-from node.requester.terms import check_terms, file_sha256, permit_typed_data
+from node.requester.terms import MATMUL, canonical_matmul, check_terms, file_sha256, permit_typed_data
 from node.requester.verify import Report, verify_matmul, verify_torch_export
+
+if TYPE_CHECKING:
+    from node.requester.proofs import FraudProofs
 
 #: JobMarket.JobState, in declaration order (getJob returns the index).
 JOB_STATES = ("None", "Open", "Claimed", "Submitted", "Disputed", "Challenged", "Finalized", "Cancelled", "Expired",
@@ -109,6 +112,13 @@ class Requester:
     def market(self) -> str:
         return self.chain.deployment.market
 
+    @property
+    def proofs(self) -> FraudProofs:
+        """matmul-int8 fraud proofs on the deployment's verifier: challenge, demand, audit, reveal timeout."""
+        from node.requester.proofs import FraudProofs
+
+        return FraudProofs(self)
+
     def _signer(self) -> Signer:
         if self.signer is None:
             raise RequesterError("this needs the requester's key", "pass --keystore FILE (password from "
@@ -148,9 +158,13 @@ class Requester:
     def build_offer(self, workload: str, params: bytes, *, payment: int, bond: int, max_duration: int,
                     expires_in: int, nonce: int | None = None, provider: str = ZERO_ADDRESS,
                     input_path: Path | None = None, input_uri: str = "") -> SignedOffer:
-        """Checks the terms as the contract and the node would, signs the offer and records it."""
+        """Checks the terms as the contract and the node would, signs the offer and records it (matmul-int8
+        params in canonical form with an audit commitment, whose secret only the record keeps)."""
         kind = check_terms(workload, params, payment=payment, bond=bond, max_duration=max_duration,
                            expires_in=expires_in, input_path=input_path, input_uri=input_uri)
+        secret = None
+        if kind.name == MATMUL:  # the form a fraud proof needs, with an audit commitment (terms.py)
+            params, secret = canonical_matmul(params, input_path)
         if provider != ZERO_ADDRESS and not self.chain.registry.functions.isActive(provider).call():
             raise RequesterError(f"{provider} is not an active provider on this chain's registry")
         me = self.address
@@ -170,7 +184,8 @@ class Requester:
         if not verdict.ok:  # our own signature: failing here is a bug, not something to send
             raise RequesterError(f"the signed offer fails its own check: {verdict.reason}: {verdict.detail}")
         path = str(input_path.resolve()) if input_path is not None else None
-        self.store.save(JobRecord(signed, kind.name, path, None, time.time()))
+        self.store.save(JobRecord(signed, kind.name, path, None, time.time(),
+                                  audit_secret=None if secret is None else "0x" + secret.hex()))
         return signed
 
     def remember(self, signed: SignedOffer, *, input_path: Path | None = None) -> JobRecord:

@@ -225,8 +225,12 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
         out.say(f"  requester {job['requester']}, provider {job['provider']}\n  payment "
                 f"{tokens(job['payment'], decimals)}, bond {tokens(job['providerBond'], decimals)} tokens; due "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(job['due']))} UTC\n  result root {job['resultRoot']}")
+    if record is not None and local is not None and args.show_secret:
+        local["audit_secret"] = record.audit_secret
     if local:
         out.say(f"  workload {local['workload']}; recorded notes: {json.dumps(local['notes'])}")
+        if "audit_secret" in local:
+            out.say(f"  audit secret {local['audit_secret']}")
     out.emit({"job": job_json(job), "local": local})
     return 0
 

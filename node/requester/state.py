@@ -3,8 +3,11 @@
 Commands run minutes or days apart (sign now, fetch tomorrow), and only the requester knows the params,
 the input file and where the offer was sent; the chain holds hashes. So every signed offer is written to
 ``<state dir>/jobs/<job id>.json`` the moment it is signed, before it is posted or sent: a crash after
-posting can then never leave a paid job that the tools cannot verify. The files hold no secrets (the offer
-is public once posted), but are written owner-only anyway, atomically, so a reader never sees half a record.
+posting can then never leave a paid job that the tools cannot verify. The files are written owner-only and
+atomically, so a reader never sees half a record. The offer is public once posted; the one secret a record
+may hold is a matmul-int8 job's audit secret (``audit_secret``): the offer commits to its hash, and only
+``request audit`` reveals it, on chain, after the provider has committed its result (were it known earlier,
+the provider could compute where the audit will look). It is kept out of ``notes``, which ``status`` prints.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from node.files import write_atomic
 
 DEFAULT_STATE_DIR = Path("~/.gpunode-requester")
 _JOB_ID = re.compile(r"0x[0-9a-f]{64}")
+_SECRET = re.compile(r"0x[0-9a-f]{64}")
 
 
 class StateError(RuntimeError):
@@ -38,6 +42,7 @@ class JobRecord:
     provider_url: str | None = None
     created: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
+    audit_secret: str | None = None  # 0x + 64 hex: the preimage of the params' "audit" commitment
 
     @property
     def job_id(self) -> str:
@@ -51,7 +56,7 @@ class JobRecord:
     def to_json(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "workload": self.workload, "signed": self.signed.to_json(),
                 "input_path": self.input_path, "provider_url": self.provider_url, "created": self.created,
-                "notes": self.notes}
+                "notes": self.notes, "audit_secret": self.audit_secret}
 
     @classmethod
     def from_json(cls, data: Any) -> JobRecord:
@@ -60,8 +65,11 @@ class JobRecord:
         signed = SignedOffer.from_json(data["signed"])
         if signed.params is None:
             raise ValueError("the record's offer has no params")
+        secret = data.get("audit_secret")
+        if secret is not None and not (isinstance(secret, str) and _SECRET.fullmatch(secret)):
+            raise ValueError("audit_secret is not 0x and 64 hex digits")
         return cls(signed, data["workload"], data.get("input_path"), data.get("provider_url"),
-                   float(data.get("created") or 0.0), dict(data.get("notes") or {}))
+                   float(data.get("created") or 0.0), dict(data.get("notes") or {}), secret)
 
 
 def normalise_job_id(text: str) -> str:

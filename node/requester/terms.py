@@ -86,6 +86,55 @@ def matmul_params(*, m: int | None = None, k: int | None = None, n: int | None =
     return encode_params({**dims, "seed": seed})
 
 
+def canonical_matmul(params: bytes, input_path: Path | None) -> tuple[bytes, bytes | None]:
+    """matmul-int8/v1 params as the offer must carry them for a fraud proof, and the audit secret.
+
+    The verifier contract accepts only params whose canonical encoding (node.chain.fraud.MatmulParams)
+    hashes to the offer's paramsHash, so any spelling of the params is rewritten into that form here,
+    before signing. An input-form job gets ``ab_root``, the commitment to A's rows and B's columns that
+    lets the contract recompute an element from one row and one column; it is computed from the input
+    file (an ``ab_root`` already given must equal it). A fresh audit secret is drawn and its commitment
+    added, unless the params already carry an ``audit`` (then the secret is not ours: None is returned
+    and ``request audit`` cannot be used for the job). ``params`` must already have passed check_terms."""
+    from node.chain.fraud import FraudProofError, MatmulParams, ab_root, audit_commitment, new_audit_secret
+
+    given = workloads.parse_params_json(params)
+    m, k, n = given["m"], given["k"], given["n"]
+    root = None
+    if "input" in given:
+        if input_path is None:
+            raise RequesterError(f"{MATMUL} with these params reads an input file", "pass --input FILE")
+        root = ab_root(*input_matrices(input_path, m, k, n), m, k, n)
+        if "ab_root" in given and given["ab_root"] != "0x" + root.hex():
+            raise RequesterError(f"the params' ab_root {given['ab_root']} is not the commitment of {input_path} "
+                                 f"(0x{root.hex()})", "leave ab_root out: it is computed from the file")
+    secret = None if "audit" in given else new_audit_secret()
+    try:
+        audit = bytes.fromhex(given["audit"][2:]) if secret is None else audit_commitment(secret)
+        canonical = MatmulParams(m, k, n, seed=given.get("seed"), ab_root=root, audit=audit).canonical()
+    except (FraudProofError, ValueError, TypeError) as exc:
+        raise RequesterError(f"params for {MATMUL}: {exc}") from None
+    return canonical, secret
+
+
+def input_matrices(path: Path, m: int, k: int, n: int) -> tuple[bytes, bytes]:
+    """A and B of a matmul input file as raw int8 bytes, row-major (what ab_root and the supplied-input
+    proofs are built from); RequesterError unless they are int8 of shapes (m, k) and (k, n)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            a, b = f.get_tensor("A"), f.get_tensor("B")
+    except Exception as exc:  # not safetensors, or no A/B: safetensors raises several types
+        raise RequesterError(f"{path} is not a matmul input (safetensors with int8 tensors A and B): "
+                             f"{type(exc).__name__}") from None
+    for name, tensor, shape in (("A", a, (m, k)), ("B", b, (k, n))):
+        if str(tensor.dtype) != "int8" or tuple(tensor.shape) != shape:
+            raise RequesterError(f"{path}: {name} is {tuple(tensor.shape)} {tensor.dtype}; the job needs "
+                                 f"{shape} int8")
+    return a.tobytes(order="C"), b.tobytes(order="C")
+
+
 def torch_export_params(inputs: list[str] | None, bundle: Path | None) -> bytes:
     """torch-export/v1 params; without ``inputs``, the bundle's input tensor when it has exactly one (with
     several, the order the program takes them in is not in the file, so it must be given)."""

@@ -4,7 +4,7 @@ check decided and with what numbers, so a dispute can point at the evidence.
 matmul-int8/v1 has one correct answer, so it is checked exactly: the size first (m*n*4 bytes, from the
 params alone), then Freivalds' test (``A (B r) == C r`` for random vectors r, in exact integer arithmetic).
 A right C always passes; a wrong one passes with probability at most (1/64)^VERIFY_TRIALS = 2^-96. When it
-fails on a matrix small enough to multiply here, the wrong elements are located too.
+fails, the wrong elements are located too (node.requester.challenge), for the fraud proof.
 
 torch-export/v1 runs floating-point programs whose bits differ between devices and kernels, so the bundle
 is re-run here on the CPU and every output is compared within a tolerance: names, shapes and dtypes
@@ -29,11 +29,17 @@ if TYPE_CHECKING:
     import torch
 
 VERIFY_TRIALS = 16  # Freivalds vectors; each lets a wrong C through with probability <= 1/64
-LOCATE_LIMIT = 1 << 30  # m*k*n up to which a failed check also multiplies exactly to find the wrong elements
-#: (rtol, atol) when none are given: float32/float64 results from GPUs differ from the CPU by rounding
-#: (summation order, fused multiply-adds), well inside 1e-3 relative; half precisions keep fewer bits.
-DEFAULT_TOLERANCE = (1e-3, 1e-5)
-HALF_TOLERANCE = {"float16": (1e-2, 1e-3), "bfloat16": (1.6e-2, 1e-2)}
+LOCATE_MAX = 1000  # wrong elements counted at most when a check fails (a garbage C has m*n of them)
+LOCATE_SHOWN = 8  # of which the report lists the first few
+#: (rtol, atol) per dtype when none are given, calibrated by bench/calibrate_float.py (docs/verification.md,
+#: "Float work"): 4x the largest difference seen between honest runs (thread counts, batch splits, float64 and
+#: float32-accumulating references, and GPU arithmetic emulated on the CPU: TF32 convolutions, PyTorch's default
+#: on Ampere and later GPUs, and half-precision split-K reductions), rounded up to one digit. atol assumes
+#: outputs of order one; other scales pass --rtol/--atol. float32's bound comes from TF32 convolutions (without
+#: them honest runs agree to ~1e-6). Other floating dtypes (float64, ...) get float32's bound.
+TOLERANCE = {"float32": (4e-3, 2e-3), "float16": (2e-2, 3e-3), "bfloat16": (1e-1, 3e-2)}
+DEFAULT_TOLERANCE = TOLERANCE["float32"]
+HALF_TOLERANCE = {dtype: TOLERANCE[dtype] for dtype in ("float16", "bfloat16")}
 
 
 @dataclass
@@ -66,47 +72,37 @@ def _finite(value: Any) -> Any:
 
 def verify_matmul(params: dict[str, Any], input_path: Path | None, result: Path) -> Report:
     """Checks a matmul-int8/v1 result file (raw int32 little-endian C) against the job's params: the seed
-    form regenerates A and B, the input form reads them from the job's input file."""
-    import numpy as np
-    import torch
+    form regenerates A and B, the input form reads them from the job's input file. A wrong C also gets its
+    wrong elements located (node.requester.challenge: per-row Freivalds, then only the wrong rows
+    multiplied), up to LOCATE_MAX of them: the evidence for a fraud proof."""
+    from node.compute.workloads.matmul_int8 import NAME, freivalds_check
+    from node.requester.challenge import check_params, locate, matrices, read_result, wrong_rows
 
-    from node.compute.workloads.generator import generate_ab
-    from node.compute.workloads.matmul_int8 import NAME, MatmulInt8, freivalds_check, load_inputs, matmul_exact
-
-    try:
-        params = MatmulInt8().check_params(dict(params))
-    except ParamsError as exc:
-        raise RequesterError(f"the job's params are not matmul-int8/v1 params: {exc.reason}") from None
+    params = check_params(params)
     m, k, n = params["m"], params["k"], params["n"]
     size, want = Path(result).stat().st_size, m * n * 4
     metrics: dict[str, Any] = {"m": m, "k": k, "n": n, "bytes": size}
     if size != want:
         return Report(False, NAME, f"the result is {size} bytes; C of {m}x{n} int32 is {want}",
                       {**metrics, "check": "size"})
-    if "seed" in params:
-        a, b = generate_ab(params["seed"], m, k, n, "cpu")
-    else:
-        if input_path is None:
-            raise RequesterError("these params read A and B from an input file, and none is recorded")
-        try:
-            a, b = load_inputs(str(input_path), m, k, n)
-        except WorkloadError as exc:
-            raise RequesterError(f"the job's own input {input_path} is unusable: {exc}") from None
-    c = torch.from_numpy(np.fromfile(result, dtype="<i4").astype(np.int32, copy=False).reshape(m, n))
+    a, b = matrices(params, input_path)
+    c = read_result(result, m, n)
     metrics |= {"check": "freivalds", "trials": VERIFY_TRIALS, "false_accept_bound": f"2^-{6 * VERIFY_TRIALS}"}
     try:
         freivalds_check(a, b, c, VERIFY_TRIALS)
     except VerificationError as exc:
         detail = f"C != A @ B: {exc}"
-        if m * k * n <= LOCATE_LIMIT:
-            exact, _ = matmul_exact(a, b)
-            wrong = (c != exact).nonzero()
-            metrics["wrong_elements"] = int(wrong.shape[0])
-            if wrong.shape[0]:
-                row, col = (int(v) for v in wrong[0])
-                metrics["first_wrong"] = {"row": row, "col": col, "got": int(c[row, col]), "want": int(exact[row, col])}
-                detail += f"; {wrong.shape[0]} wrong element(s), the first C[{row}, {col}] = {int(c[row, col])}, " \
-                          f"should be {int(exact[row, col])}"
+        rows = wrong_rows(a, b, c)
+        wrong = locate(a, b, c, limit=LOCATE_MAX, rows=rows)
+        metrics |= {"wrong_rows": len(rows), "wrong_elements": len(wrong), "located": len(wrong) >= LOCATE_MAX,
+                    "wrong": [w.to_json() for w in wrong[:LOCATE_SHOWN]]}
+        if wrong:
+            first = wrong[0]
+            metrics["first_wrong"] = {"row": first.i, "col": first.j, "got": first.committed,
+                                      "want": first.expected}
+            more = f"at least {len(wrong)}" if len(wrong) >= LOCATE_MAX else str(len(wrong))
+            detail += f"; {more} wrong element(s) in {len(rows)} row(s), the first C[{first.i}, {first.j}] = " \
+                      f"{first.committed}, should be {first.expected}"
         return Report(False, NAME, detail, metrics)
     return Report(True, NAME, f"C = A @ B ({m}x{k} @ {k}x{n}): {VERIFY_TRIALS} Freivalds trials passed", metrics)
 
@@ -170,7 +166,7 @@ def _natural(name: str) -> tuple[int, str]:
 
 
 def _tolerance(dtype: str, rtol: float | None, atol: float | None) -> tuple[float, float]:
-    default = HALF_TOLERANCE.get(dtype, DEFAULT_TOLERANCE)
+    default = TOLERANCE.get(dtype, DEFAULT_TOLERANCE)
     return (default[0] if rtol is None else rtol, default[1] if atol is None else atol)
 
 

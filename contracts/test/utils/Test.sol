@@ -32,6 +32,11 @@ interface Vm {
     function assertEq(string calldata, string calldata, string calldata) external pure;
     function assertLe(uint256, uint256, string calldata) external pure;
     function assertGe(uint256, uint256, string calldata) external pure;
+    function assertEq(int256, int256, string calldata) external pure;
+    function readFile(string calldata) external view returns (string memory);
+    function projectRoot() external view returns (string memory);
+    function parseJsonUintArray(string calldata, string calldata) external pure returns (uint256[] memory);
+    function parseJsonIntArray(string calldata, string calldata) external pure returns (int256[] memory);
 }
 
 struct FuzzSelector {
@@ -40,6 +45,9 @@ struct FuzzSelector {
 }
 
 abstract contract Test {
+    /// @dev Shown by `forge test -vv`: how the gas tests report their figures.
+    event log_named_uint(string key, uint256 val);
+
     Vm internal constant vm = Vm(address(uint160(uint256(keccak256("hevm cheat code")))));
 
     address[] private _targets;
@@ -71,6 +79,42 @@ abstract contract Test {
 
     function assertEq(string memory a, string memory b, string memory why) internal pure {
         vm.assertEq(a, b, why);
+    }
+
+    function assertEq(int256 a, int256 b, string memory why) internal pure {
+        vm.assertEq(a, b, why);
+    }
+
+    function assertTrue(bool c) internal pure {
+        vm.assertTrue(c, "");
+    }
+
+    function assertFalse(bool c) internal pure {
+        vm.assertFalse(c, "");
+    }
+
+    function assertEq(uint256 a, uint256 b) internal pure {
+        vm.assertEq(a, b, "");
+    }
+
+    function assertEq(int256 a, int256 b) internal pure {
+        vm.assertEq(a, b, "");
+    }
+
+    function assertEq(address a, address b) internal pure {
+        vm.assertEq(a, b, "");
+    }
+
+    function assertEq(bytes32 a, bytes32 b) internal pure {
+        vm.assertEq(a, b, "");
+    }
+
+    function assertEq(string memory a, string memory b) internal pure {
+        vm.assertEq(a, b, "");
+    }
+
+    function assertGe(uint256 a, uint256 b) internal pure {
+        vm.assertGe(a, b, "");
     }
 
     function assertLe(uint256 a, uint256 b, string memory why) internal pure {

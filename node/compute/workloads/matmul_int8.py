@@ -8,9 +8,20 @@ Params (UTF-8 JSON object, nothing else accepted)::
 
     {"m": int, "k": int, "n": int, "seed": int}          # A, B from node.compute.workloads.generator
     {"m": int, "k": int, "n": int, "input": "safetensors"} # A, B from the job's input file
+    {"m": int, "k": int, "n": int, "input": "safetensors", "ab_root": "0x…"}  # ... committed by ab_root
 
 with 1 <= m, k, n <= 65536, m*k, k*n, m*n each <= 2^28, 0 <= seed < 2^64. The input form expects a
-safetensors file holding exactly two int8 tensors, "A" of shape (m, k) and "B" of shape (k, n).
+safetensors file holding exactly two int8 tensors, "A" of shape (m, k) and "B" of shape (k, n). Any form
+may also carry ``"audit": "0x…"`` (32 bytes), the requester's commitment to an audit secret, which the
+worker ignores: it only matters to the on-chain verifier (see node.chain.fraud).
+
+``ab_root`` (``input_root``: RFC 6962 over the m rows of A and the n columns of B, k bytes each) is what
+MatmulInt8Verifier recomputes a challenged element from, so it is checked against the fetched matrices
+*before* computing: a requester could otherwise commit to other matrices than the file it serves and
+"prove" an honest result wrong. A mismatch fails the job ("input commitment mismatch"). The inputs are
+only fetched after the claim, so such a job still costs the provider its claim (the bond goes to the
+requester at expiry), the same exposure as an input URL that serves a wrong file; the contract, by
+contrast, can never be made to slash a provider that computed on the committed inputs.
 
 Output file: the raw bytes of C, int32 little-endian, row-major, no header -- exactly m*n*4 bytes, so
 its size and the byte offset of any element (4 * (row * n + col)) follow from the params alone, which
@@ -30,9 +41,11 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
+from node.compute.commitment import leaf_hash, merkle_root_of_leaves
 from node.compute.workloads import (
     Estimate,
     ParamsError,
@@ -56,6 +69,7 @@ FREIVALDS_TRIALS = 8
 FREIVALDS_RANGE = 64
 _CHUNK_ELEMENTS = 1 << 22
 _WORKSPACE_BYTES = 256 << 20
+_HEX32 = re.compile(r"0x[0-9a-fA-F]{64}")
 
 
 def int_mm_supported(m: int, k: int, n: int) -> bool:
@@ -80,6 +94,36 @@ def _check_dims(params: dict[str, Any]) -> tuple[int, int, int]:
         if size > MAX_ELEMENTS:
             raise ParamsError(f"{label} = {size} exceeds {MAX_ELEMENTS}")
     return m, k, n
+
+
+def input_leaf_hashes(a: bytes, b: bytes, m: int, k: int, n: int) -> list[bytes]:
+    """Leaf hashes of the input commitment: row r of A (k bytes) for r < m, then column c of B (B[0][c],
+    B[1][c], ...) for c < n. ``a`` and ``b`` are the raw int8 bytes of A (m x k) and B (k x n), row-major."""
+    a, b = bytes(a), bytes(b)
+    if len(a) != m * k or len(b) != k * n:
+        raise ValueError(f"A must be {m}x{k} and B {k}x{n} int8 bytes, got {len(a)} and {len(b)} bytes")
+    return [leaf_hash(a[r * k:(r + 1) * k]) for r in range(m)] + [leaf_hash(b[c::n]) for c in range(n)]
+
+
+def input_root(a: bytes, b: bytes, m: int, k: int, n: int) -> bytes:
+    """The ``ab_root`` of supplied inputs: RFC 6962 root over ``input_leaf_hashes``."""
+    return merkle_root_of_leaves(input_leaf_hashes(a, b, m, k, n))
+
+
+def check_input_root(a: torch.Tensor, b: torch.Tensor, expected: str) -> None:
+    """Raises WorkloadError unless the CPU int8 matrices A and B have the input commitment ``expected``."""
+    m, k = a.shape
+    n = b.shape[1]
+    got = "0x" + input_root(_raw(a), _raw(b), m, k, n).hex()
+    if got != expected.lower():
+        raise WorkloadError(f"input commitment mismatch: the params' ab_root is {expected.lower()}, the input "
+                            f"file's A and B give {got}; not computing a result the verifier would judge "
+                            "against other matrices")
+
+
+def _raw(t: torch.Tensor) -> bytes:
+    t = t.contiguous()
+    return ctypes.string_at(t.data_ptr(), t.numel()) if t.numel() else b""
 
 
 def matmul_exact(a: torch.Tensor, b: torch.Tensor, *, method: str = "auto") -> tuple[torch.Tensor, str]:
@@ -213,12 +257,15 @@ class MatmulInt8(Workload):
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         if "input" in params:
-            require_keys(params, {"m", "k", "n", "input"})
+            require_keys(params, {"m", "k", "n", "input"}, {"ab_root", "audit"})
             if params["input"] != "safetensors":
                 raise ParamsError('input must be "safetensors"')
         else:
-            require_keys(params, {"m", "k", "n", "seed"})
+            require_keys(params, {"m", "k", "n", "seed"}, {"audit"})
             require_int(params, "seed", 0, (1 << 64) - 1)
+        for key in ("ab_root", "audit"):
+            if key in params and not (isinstance(params[key], str) and _HEX32.fullmatch(params[key])):
+                raise ParamsError(f"{key} must be 0x followed by 64 hex digits")
         _check_dims(params)
         return dict(params)
 
@@ -241,6 +288,8 @@ class MatmulInt8(Workload):
                 if input_path is None:
                     raise WorkloadError("params name an input file but the job has none")
                 a, b = load_inputs(input_path, m, k, n)
+                if "ab_root" in params:
+                    check_input_root(a, b, params["ab_root"])
                 a, b = a.to(dev), b.to(dev)
             c, method = matmul_exact(a, b)
             freivalds_check(a, b, c)
