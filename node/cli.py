@@ -77,6 +77,49 @@ def address_arg(text: str) -> str:
     return text.strip()
 
 
+def tolerance_arg(text: str) -> float:
+    """argparse type of --rtol/--atol: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
+    return value
+
+
+_MAX_KEY_FILE = 4096
+
+
+def signer_from_args(args: argparse.Namespace, *, password_env: str, role: str, required: bool) -> Any:
+    """The key of a tool that signs (requester, mediator): --keystore (password from ``password_env``,
+    --password-file or a prompt) or, on devnets, --key-file with a raw hex key. Never from the command line,
+    where ps and shell history show it. None when no key is given and ``required`` is false."""
+    from node.chain.keys import Signer, load_signer, parse_private_key, password_or_prompt
+
+    if args.keystore and args.key_file:
+        raise CliError("give --keystore or --key-file, not both")
+    if args.key_file:
+        try:
+            with open(args.key_file, encoding="utf-8") as fh:
+                text = fh.read(_MAX_KEY_FILE)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read the key file {args.key_file}: {getattr(exc, 'strerror', None) or exc}") \
+                from None
+        from eth_account import Account
+
+        return Signer(Account.from_key(parse_private_key(text)))
+    if args.keystore:
+        password = password_or_prompt(password_env, args.password_file, "--password-file",
+                                      what=f"{role} keystore password",
+                                      hint=f"set ${password_env} or pass --password-file FILE")
+        return load_signer(Path(args.keystore), password)
+    if required:
+        raise CliError(f"this command signs with the {role}'s key", "pass --keystore FILE (password from "
+                       f"${password_env} or --password-file) or, on a devnet, --key-file FILE")
+    return None
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")

@@ -20,25 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from node.cli import CliError, address_arg, run_guarded
+from node.cli import CliError, address_arg, run_guarded, signer_from_args, tolerance_arg
 from node.config import ENV_MEDIATOR_PASSWORD
 
 PROG = "gpunode mediate"
 PASSWORD_ENV = ENV_MEDIATOR_PASSWORD
 DEFAULT_RPC = "http://127.0.0.1:8545"
 EXIT_PROVIDER_WRONG = 3
-_MAX_KEY_FILE = 4096
 _MAX_RULING_FILE = 1 << 20
-
-
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
-    return value
 
 
 def _globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -84,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "offer's inputURI; either way its SHA-256 must match the offer)")
     p.add_argument("--allow-private", action="store_true", help="let the input fetch reach private addresses "
                    "(devnets)")
-    p.add_argument("--rtol", type=_tolerance, metavar="X", help="torch-export: relative tolerance (default: the "
+    p.add_argument("--rtol", type=tolerance_arg, metavar="X", help="torch-export: relative tolerance (default: the "
                    "calibrated per-dtype value)")
-    p.add_argument("--atol", type=_tolerance, metavar="X", help="torch-export: absolute tolerance (default: the "
+    p.add_argument("--atol", type=tolerance_arg, metavar="X", help="torch-export: absolute tolerance (default: the "
                    "calibrated per-dtype value)")
     p.add_argument("--out", type=Path, metavar="FILE", help="where to write the ruling (default "
                    "ruling-<job>-<signer>.json)")
@@ -118,31 +107,7 @@ def _job_id(text: str) -> bytes:
 
 
 def _signer(args: argparse.Namespace, *, required: bool) -> Any:
-    from node.chain.keys import load_signer, parse_private_key, password_or_prompt
-
-    if args.keystore and args.key_file:
-        raise CliError("give --keystore or --key-file, not both")
-    if args.key_file:
-        try:
-            with open(args.key_file, encoding="utf-8") as fh:
-                text = fh.read(_MAX_KEY_FILE)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"cannot read the key file {args.key_file}: {getattr(exc, 'strerror', None) or exc}") \
-                from None
-        from eth_account import Account
-
-        from node.chain.keys import Signer
-
-        return Signer(Account.from_key(parse_private_key(text)))
-    if args.keystore:
-        password = password_or_prompt(PASSWORD_ENV, args.password_file, "--password-file",
-                                      what="mediator keystore password",
-                                      hint=f"set ${PASSWORD_ENV} or pass --password-file FILE")
-        return load_signer(Path(args.keystore), password)
-    if required:
-        raise CliError("this command signs", "pass --keystore FILE (password from "
-                       f"${PASSWORD_ENV} or --password-file) or, on a devnet, --key-file FILE")
-    return None
+    return signer_from_args(args, password_env=PASSWORD_ENV, role="mediator", required=required)
 
 
 def _chain(args: argparse.Namespace) -> Any:

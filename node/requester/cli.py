@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
-from node.cli import address_arg, amount_arg, run_guarded
+from node.cli import address_arg, amount_arg, run_guarded, tolerance_arg
 from node.requester import commands as c
 from node.requester.client import JOB_STATES
 from node.requester.proof_commands import add_commands as add_proof_commands
@@ -40,16 +40,6 @@ def _count(text: str) -> int:
     if not text.strip().isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
     return int(text)
-
-
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
-    return value
 
 
 def _defaults(which: int) -> str:
@@ -177,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = job(command("verify", "check a downloaded result (exit 3 if it is wrong)", c.cmd_verify))
     p.add_argument("--result", type=Path, metavar="FILE", help="default: the file `fetch` saved")
-    p.add_argument("--rtol", type=_tolerance, metavar="X", help=f"torch-export: relative tolerance (default "
+    p.add_argument("--rtol", type=tolerance_arg, metavar="X", help=f"torch-export: relative tolerance (default "
                    f"{_defaults(0)})")
-    p.add_argument("--atol", type=_tolerance, metavar="X", help=f"torch-export: absolute tolerance (default "
+    p.add_argument("--atol", type=tolerance_arg, metavar="X", help=f"torch-export: absolute tolerance (default "
                    f"{_defaults(1)})")
 
     for name, text, action in (("accept", "pay the provider now (the result is right)", "accept"),
@@ -208,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_duration, metavar="TIME", help="give up waiting after (default: expiry + "
                    "duration + 5m)")
     p.add_argument("--no-settle", action="store_true", help="stop after verifying: neither accept nor dispute")
-    p.add_argument("--rtol", type=_tolerance, metavar="X", help="torch-export: relative tolerance")
-    p.add_argument("--atol", type=_tolerance, metavar="X", help="torch-export: absolute tolerance")
+    p.add_argument("--rtol", type=tolerance_arg, metavar="X", help="torch-export: relative tolerance")
+    p.add_argument("--atol", type=tolerance_arg, metavar="X", help="torch-export: absolute tolerance")
     return parser
 
 

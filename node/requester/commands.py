@@ -15,11 +15,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from node.chain.keys import Signer, load_signer, parse_private_key, password_or_prompt
+from node.chain.keys import Signer
 from node.chain.offers import ZERO_ADDRESS
 from node.chain.provider import Step, tokens
 from node.chain.verify import SignedOffer
-from node.cli import CliError, token_units
+from node.cli import CliError, signer_from_args, token_units
 from node.config import load_settings
 from node.requester.client import TERMINAL, Requester
 from node.requester.errors import RequesterError
@@ -31,7 +31,6 @@ from node.requester.terms import TORCH_EXPORT, file_sha256, matmul_params, torch
 PASSWORD_ENV = "GPUNODE_REQUESTER_PASSWORD"
 DEFAULT_RPC = "http://127.0.0.1:8545"
 EXIT_WRONG = 3  # the result was verified and is wrong
-_MAX_KEY_FILE = 4096
 
 
 class Output:
@@ -57,29 +56,8 @@ class Output:
 
 
 def signer_from(args: argparse.Namespace, *, required: bool = True) -> Signer | None:
-    """The requester's key: a keystore (password from $GPUNODE_REQUESTER_PASSWORD, --password-file or a
-    prompt) or a raw hex key file (devnets). Never from the command line, where ps and history show it."""
-    if args.keystore and args.key_file:
-        raise CliError("give --keystore or --key-file, not both")
-    if args.key_file:
-        try:
-            with open(args.key_file, encoding="utf-8") as fh:
-                text = fh.read(_MAX_KEY_FILE)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"cannot read the key file {args.key_file}: {getattr(exc, 'strerror', None) or exc}") \
-                from None
-        from eth_account import Account
-
-        return Signer(Account.from_key(parse_private_key(text)))
-    if args.keystore:
-        password = password_or_prompt(PASSWORD_ENV, args.password_file, "--password-file",
-                                      what="requester keystore password",
-                                      hint=f"set ${PASSWORD_ENV} or pass --password-file FILE")
-        return load_signer(Path(args.keystore), password)
-    if required:
-        raise CliError("this command signs with the requester's key", "pass --keystore FILE (password from "
-                       f"${PASSWORD_ENV} or --password-file) or, on a devnet, --key-file FILE")
-    return None
+    """The requester's key (see node.cli.signer_from_args)."""
+    return signer_from_args(args, password_env=PASSWORD_ENV, role="requester", required=required)
 
 
 def requester_from(args: argparse.Namespace, *, key: bool = True) -> Requester:
