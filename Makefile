@@ -3,6 +3,10 @@
 #   make test       forge tests + the Python suite
 #   make devnet     a local chain with the contracts deployed and funded accounts (Ctrl-C stops it)
 #   make contracts  build the contracts and export their ABIs into node/chain/abi/
+#   make chaos      the long chaos run: a real node under kill -9, RPC outage, reorgs, fee spikes, dropped txs
+#   make fuzz       the long fuzz run: >= 10,000 bad offers (API and chain events) and malformed HTTP
+#   make load       1,000 open offers on chain and 200 direct offers/s against a real node
+#   make bench      every benchmark side by side, written to docs/benchmarks.md
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,7 +17,8 @@ NPM_DIR := contracts
 FORGE := $(NPM_DIR)/node_modules/.bin/forge
 TORCH_PIN := torch==2.13.0
 
-.PHONY: all bootstrap demo test test-contracts test-python devnet contracts lint gas-snapshot clean
+.PHONY: all bootstrap demo test test-contracts test-python devnet contracts lint gas-snapshot clean \
+	chaos fuzz load bench
 
 all: bootstrap
 
@@ -56,6 +61,19 @@ test-contracts: $(NPM_DIR)/out/.built
 # has a time limit (pyproject); the whole run has one too, so nothing can stall CI without saying where.
 test-python: bootstrap
 	timeout -k 60 3000 $(PY) -m pytest -q -n 2 --dist loadfile
+
+# The long forms of the short runs inside `make test` (same files, selected by an environment variable).
+chaos: bootstrap
+	GPUNODE_CHAOS=long $(PY) -m pytest -q -s -p no:cacheprovider -o timeout=7200 tests/chaos
+
+fuzz: bootstrap
+	GPUNODE_FUZZ=long $(PY) -m pytest -q -s -p no:cacheprovider -o timeout=7200 tests/fuzz
+
+load: bootstrap
+	$(PY) -m bench.load
+
+bench: bootstrap
+	$(PY) -m bench.report --write docs/benchmarks.md
 
 gas-snapshot: $(NPM_DIR)/out/.built
 	cd $(NPM_DIR) && node_modules/.bin/forge snapshot

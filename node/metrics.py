@@ -7,10 +7,16 @@ are refreshed from the journal right before each scrape instead of being kept in
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from node.jobs.state import JobState
 
+# Event-to-claim is a hot-path figure (goal: p50 <= 100 ms), so its buckets are fine below a second.
+_CLAIM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf"))
+_ARRIVALS_KEPT = 10_000  # offers awaiting their claim whose arrival time is kept; the oldest go first
 _STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, float("inf"))
 
 
@@ -48,8 +54,31 @@ class Metrics:
                                "(sent, rejected, no_result, too_late, unknown_job, reverted_before)", ["outcome"],
                                registry=r)
         self.head = Gauge("gpunode_chain_head", "Latest block number seen", registry=r)
+        self.event_to_claim = Histogram(
+            "gpunode_event_to_claim_seconds", "From an offer reaching intake (the OfferPosted event handed over "
+            "by the follower, or POST /offers) to its claim transaction being broadcast", ["source"],
+            buckets=_CLAIM_BUCKETS, registry=r)
+        self._arrived: OrderedDict[str, tuple[float, str]] = OrderedDict()
         for state in JobState:
             self.jobs.labels(state.value)
+
+    def offer_arrived(self, job_id: str, source: str, at: float) -> None:
+        """Notes when (time.monotonic()) an accepted offer reached intake, so its claim can be timed.
+        Bounded: accepted offers that lapse unclaimed must not grow it without end."""
+        self._arrived[job_id] = (at, source)
+        self._arrived.move_to_end(job_id)
+        while len(self._arrived) > _ARRIVALS_KEPT:
+            self._arrived.popitem(last=False)
+
+    def claim_broadcast(self, job_id: str, sent: bool) -> float | None:
+        """Observes event-to-claim for a claim just handed to the network (once per job and process; a claim
+        resumed after a restart has no arrival time and is not timed). Returns the seconds, or None."""
+        arrival = self._arrived.pop(job_id, None)
+        if arrival is None or not sent:
+            return None
+        seconds = max(0.0, time.monotonic() - arrival[0])
+        self.event_to_claim.labels(arrival[1]).observe(seconds)
+        return seconds
 
     def refresh_jobs(self, by_state: dict[str, int]) -> None:
         for state in JobState:

@@ -30,7 +30,7 @@ from node.chain.contracts import load_abi
 from node.chain.deployments import default_path, load_deployment
 from node.chain.fees import GWEI, FeePolicy
 from node.chain.follower import ChainEvent, EventFollower
-from node.chain.rpc import RpcClient
+from node.chain.rpc import RpcClient, RpcError
 from node.chain.txmanager import TxManager
 from node.chain.txstore import TxStore
 from node.chain.verify import RpcOfferView
@@ -242,23 +242,38 @@ class NodeService:
 
     # ------------------------------------------------------------------------------------------ loops
     async def _heads(self) -> None:
-        last = None
+        """Follows the chain head. An RPC outage does not end the loop: it keeps asking at the chain's pace,
+        so the node sees the first head once the RPC is back. (A failed task would be restarted only after
+        the supervisor's backoff, which grows to a minute during a long outage: the chaos run measured the
+        node blind for 32 s after a 60 s outage ended.)"""
+        last, down = None, False
         while True:
-            head = await self.rpc.head()
-            self.head_number, self.head_time = head.number, head.timestamp
-            self.metrics.head.set(head.number)
-            if head.number != last:
-                last = head.number
-                self.dispatcher.wake()
-                if not self.registered:
-                    await self._read_provider()
+            try:
+                head = await self.rpc.head()
+                self.head_number, self.head_time = head.number, head.timestamp
+                self.metrics.head.set(head.number)
+                if down:
+                    log.info("chain head readable again: block %d", head.number)
+                    down = False
+                if head.number != last:
+                    last = head.number
+                    self.dispatcher.wake()
+                    if not self.registered:
+                        await self._read_provider()
+            except RpcError as exc:
+                if not down:
+                    log.warning("chain head unreadable, retrying every poll: %s", exc)
+                down = True
             await self.rpc.wait_new_head()
 
     async def _settle_loop(self) -> None:
         while True:
             await self.settler.settle_once(self.chain_time())
             if self.payout:
-                self.pending = int(await self._view("JobMarket", "balanceOf", self.payout))
+                try:
+                    self.pending = int(await self._view("JobMarket", "balanceOf", self.payout))
+                except RpcError:
+                    pass  # an RPC outage (settle_once logged it): keep the last figure, read again next pass
             await asyncio.sleep(self.settings.chain.poll_interval_s)
 
     async def _on_events(self, events: list[ChainEvent]) -> None:

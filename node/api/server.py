@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from node.api.auth import AuthError, ReplayCache, check_signer, parse_request, recover_signer
@@ -174,7 +175,14 @@ class _Routes:
     async def offers(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
             raise ApiError(413, "too_large", f"an offer may be at most {MAX_OFFER_BYTES} bytes")
-        body = await request.read()  # client_max_size stops a chunked body past the limit
+        try:
+            body = await request.read()  # client_max_size stops a chunked body past the limit
+        except web.RequestPayloadError:  # a broken chunked body, or one not in its declared Content-Encoding
+            raise ApiError(400, "bad_body", "the request body cannot be read: broken chunked encoding, or "
+                                            "not in its declared Content-Encoding") from None
+        except ConnectionResetError:  # the client hung up before sending the whole body: nobody to answer
+            logger.debug("POST /offers: the client disconnected before the body was complete")
+            raise ApiError(400, "incomplete_body", "the connection closed before the whole body arrived") from None
         reply = await self.node.submit_offer(body)
         if reply.accepted:
             return web.json_response({"accepted": True, "job_id": reply.job_id, "state": reply.state}, status=202)
@@ -224,13 +232,36 @@ def create_app(node: NodeApi, *, clock: Callable[[], float] = time.time) -> web.
     return app
 
 
+class _ClientFaultLog(logging.LoggerAdapter):
+    """aiohttp's server logs each request it cannot parse (a bad request line, header, chunk or Content-Encoding,
+    answered 400: the client's fault) as an ERROR with a traceback, and again when it drains such a body
+    after the answer, so anyone who can reach the port could fill the operator's log. Those go to DEBUG;
+    everything else (a 500 included) is logged as aiohttp does."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if _client_fault(exc_info):
+            self.debug(msg, *args, exc_info=exc_info, **kwargs)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+def _client_fault(exc: Any) -> bool:
+    """An HTTP parse error with a 4xx status, or an error caused by one (aiohttp wraps body errors)."""
+    while isinstance(exc, BaseException):
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            return True
+        exc = exc.__cause__
+    return False
+
+
 async def start_api(node: NodeApi, host: str, port: int) -> web.AppRunner:
     """Serves the API on host:port (port 0 picks a free one: ``runner.addresses[0][1]``).
 
     The caller owns the runner and calls ``runner.cleanup()`` on shutdown. A bind failure (port in use)
     raises OSError after releasing everything.
     """
-    runner = web.AppRunner(create_app(node), access_log=None)  # monitors poll: an access line each is noise
+    runner = web.AppRunner(create_app(node), access_log=None,  # monitors poll: an access line each is noise
+                           logger=_ClientFaultLog(logging.getLogger("aiohttp.server"), {}))
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -99,7 +99,7 @@ def implied_state(record: JobRecord, chain: OnChainJob, me: str, now: int) -> tu
 
 def _propose(rec: JobRecord, chain: OnChainJob, me: str, now: int) -> tuple[JobState, str] | None:
     s, c = rec.state, chain.state
-    if s in TERMINAL or s is JobState.FINALIZED:  # finalized -> paid is the settler's withdraw, not a read
+    if s in TERMINAL:
         return None
     mine = chain.provider.lower() == me
     taken = c in _CLAIMED_OR_LATER and not mine and chain.provider.lower() != ZERO_ADDRESS
@@ -156,6 +156,16 @@ def _propose(rec: JobRecord, chain: OnChainJob, me: str, now: int) -> tuple[JobS
                                         "bond) credited to the payout address")
         if c is ChainJobState.SLASHED:
             return JobState.SLASHED, "the dispute or challenge was ruled against us; the bond is gone"
+        return None
+
+    if s is JobState.FINALIZED:  # finalized -> paid is the settler's withdraw, not a read; only a reorg goes back
+        if not mine:
+            return None
+        if c is ChainJobState.SUBMITTED:
+            return JobState.SUBMITTED, (f"a reorg removed the finalization: the chain shows the job submitted, "
+                                        f"due at {chain.due}")
+        if c in (ChainJobState.DISPUTED, ChainJobState.CHALLENGED):
+            return JobState.DISPUTED, f"a reorg removed the ruling: the chain shows the job {name} again"
         return None
     return None
 

@@ -111,7 +111,12 @@ class Executor:
                             signed.signature)
         else:
             data = calldata("JobMarket", "claim", bytes.fromhex(rec.job_id[2:]))
-        outcome = await self.txm.send(f"claim:{rec.job_id}", self.market, data)
+        intent = await self.txm.submit(f"claim:{rec.job_id}", self.market, data)  # send = submit + wait, split
+        latency = self.metrics.claim_broadcast(rec.job_id, intent.state is not TxState.QUEUED and not intent.reason)
+        if latency is not None:  # so event-to-claim is timed at the broadcast, not at the confirmation
+            log.info("job %s: claim broadcast %.1f ms after the offer reached intake", rec.job_id, latency * 1000,
+                     extra={"job_id": rec.job_id, "event_to_claim_ms": round(latency * 1000, 2)})
+        outcome = await self.txm.wait(f"claim:{rec.job_id}")
         self.metrics.count_tx("claim", outcome)
         # Confirmed or not, the chain says where the job stands (the JobClaimed event may have said it first).
         found = await self.chain_verdict(rec, f"claim {outcome.state.value} {outcome.tx_hash or outcome.reason}")

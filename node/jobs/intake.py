@@ -13,8 +13,10 @@ signature check, so its id is genuine and every one of them is recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +70,7 @@ class Intake:
         self.chain_id, self.market, self.view = chain_id, market, view
         self.chain_time, self.fee_bps, self.wake = chain_time, fee_bps, wake
         self.decisions: dict[str, Decision] = {}  # job id -> the accepted decision (its quote), for the scheduler
+        self._deciding: dict[str, list] = {}  # job id -> [lock, holders]: see _one_at_a_time
 
     def decision(self, rec: JobRecord) -> Decision:
         """The policy's decision for a stored offer, cached while it is accepted: the scheduler ranks by its
@@ -86,6 +89,7 @@ class Intake:
     async def on_event(self, ev: ChainEvent) -> None:
         if ev.name != "OfferPosted" or ev.removed:
             return  # a removed post is handled by reading the chain before the claim (it would fail simulation)
+        received = time.monotonic()  # event-to-claim is timed from here (metrics.event_to_claim)
         try:
             signed = SignedOffer(offer_from_event(ev.args), bytes(ev.args["signature"]), self.chain_id,
                                  self.market, bytes(ev.args["params"]))
@@ -96,23 +100,26 @@ class Intake:
         job_id = "0x" + signed.job_id.hex()
         if job_id != "0x" + bytes(ev.args["jobId"]).hex():
             log.warning("OfferPosted %s does not hash to its job id; ignored", ev.args["jobId"])
+            self.metrics.offers_rejected.labels("job_id_mismatch").inc()
             return
-        new = await self._record(signed, JobSource.CHAIN)
-        record = await asyncio.to_thread(self.journal.get, job_id)
-        if not new and (record is None or record.state is not JobState.SEEN):
-            return  # a replayed event (restart, reorg re-delivery): already decided
-        self.metrics.offers_seen.labels("chain").inc()
-        local = check_offer_local(signed, chain_id=self.chain_id, market=self.market, now=self.chain_time())
-        wallet_signed = local.reason in _SIGNATURE_REASONS and await self.view.has_code(signed.offer.requester)
-        if not local.ok and not wallet_signed:
-            await self._reject(job_id, local.reason.value, local.detail)
-            return
-        await self._decide(job_id, signed)
+        async with self._one_at_a_time(job_id):
+            new = await self._record(signed, JobSource.CHAIN)
+            record = await asyncio.to_thread(self.journal.get, job_id)
+            if not new and (record is None or record.state is not JobState.SEEN):
+                return  # a replayed event (restart, reorg re-delivery): already decided
+            self.metrics.offers_seen.labels("chain").inc()
+            local = check_offer_local(signed, chain_id=self.chain_id, market=self.market, now=self.chain_time())
+            wallet_signed = local.reason in _SIGNATURE_REASONS and await self.view.has_code(signed.offer.requester)
+            if not local.ok and not wallet_signed:
+                await self._reject(job_id, local.reason.value, local.detail)
+                return
+            await self._decide(job_id, signed, ("chain", received))
 
     # ------------------------------------------------------------------------------------------ direct
     async def direct(self, body: bytes) -> OfferReply:
         """A signed offer sent to POST /offers. Verified in full (signature, EIP-1271, replay against the
         chain), then the policy; accepted offers are claimed with claimSigned by the scheduler."""
+        received = time.monotonic()
         try:
             signed = SignedOffer.from_json(body)
             if signed.params is None:
@@ -120,18 +127,20 @@ class Intake:
         except OfferRejected as exc:
             return self._refuse(None, exc.reason.value, exc.detail)
         job_id = "0x" + signed.job_id.hex()
-        existing = await asyncio.to_thread(self.journal.get, job_id)
-        if existing is not None and existing.state is not JobState.SEEN:
-            accepted = existing.state is not JobState.REJECTED
-            return OfferReply(accepted, job_id, existing.state.value, existing.code, existing.reason)
-        verdict = await verify_offer(signed, chain_id=self.chain_id, market=self.market, now=self.chain_time(),
-                                     view=self.view)
-        if not verdict.ok:
-            return self._refuse(job_id, verdict.reason.value, verdict.detail)
-        await self._record(signed, JobSource.DIRECT)
-        self.metrics.offers_seen.labels("direct").inc()
-        record = await self._decide(job_id, signed)
-        return OfferReply(record.state is JobState.VALIDATED, job_id, record.state.value, record.code, record.reason)
+        async with self._one_at_a_time(job_id):
+            existing = await asyncio.to_thread(self.journal.get, job_id)
+            if existing is not None and existing.state is not JobState.SEEN:
+                accepted = existing.state is not JobState.REJECTED
+                return OfferReply(accepted, job_id, existing.state.value, existing.code, existing.reason)
+            verdict = await verify_offer(signed, chain_id=self.chain_id, market=self.market,
+                                         now=self.chain_time(), view=self.view)
+            if not verdict.ok:
+                return self._refuse(job_id, verdict.reason.value, verdict.detail)
+            await self._record(signed, JobSource.DIRECT)
+            self.metrics.offers_seen.labels("direct").inc()
+            record = await self._decide(job_id, signed, ("direct", received))
+            return OfferReply(record.state is JobState.VALIDATED, job_id, record.state.value, record.code,
+                              record.reason)
 
     def _refuse(self, job_id: str | None, code: str, detail: str) -> OfferReply:
         self.metrics.offers_seen.labels("direct").inc()
@@ -141,6 +150,21 @@ class Intake:
         return OfferReply(False, job_id, None, code, detail)
 
     # ------------------------------------------------------------------------------------------ shared
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, job_id: str) -> AsyncIterator[None]:
+        """Copies of one offer (a resend racing the first, or the same offer by POST and by event) are
+        decided one after another, so the later copy finds the first one's verdict in the journal: counted
+        once, decided once, and never a StaleState escaping as a 500 (found by bench.load)."""
+        entry = self._deciding.setdefault(job_id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._deciding[job_id]
+
     async def _record(self, signed: SignedOffer, source: JobSource) -> bool:
         o = signed.offer
         return await asyncio.to_thread(
@@ -148,12 +172,14 @@ class Intake:
             workload=o.workload, payment=o.payment, bond=o.providerBond, expiry=o.expiry,
             offer_json=signed.to_json(), source=source)
 
-    async def _decide(self, job_id: str, signed: SignedOffer):
+    async def _decide(self, job_id: str, signed: SignedOffer, arrived: tuple[str, float]):
+        """``arrived``: source and monotonic time the offer reached intake, to time its claim (event-to-claim)."""
         decision = self.policy.evaluate(signed.offer, signed.params or b"", now=self.chain_time(),
                                         fee_bps=self.fee_bps(), free_stake=None)
         if not decision.ok:
             return await self._reject(job_id, decision.code.value, decision.reason)
         self.decisions[job_id] = decision
+        self.metrics.offer_arrived(job_id, *arrived)
         record = await asyncio.to_thread(
             self.journal.transition, job_id, JobState.VALIDATED, reason=decision.reason or "every check passed",
             expect=JobState.SEEN)

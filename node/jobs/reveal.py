@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 ZERO_ADDRESS = "0x" + "00" * 20
 _MAX_REPEATS = 1000  # demands on one chunk of one job; each costs the challenger a bond
 _PROOF_ERRORS = ("BadResultProof", "BadChunkLength")  # reverts that our proof itself caused
+_JOB_EVENTS = frozenset({"RevealDemanded", "ChunkRevealed", "RevealTimedOut"})  # the verifier events on_event reads
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,8 @@ class Revealer:
 
     async def on_event(self, ev: ChainEvent) -> None:
         """Never raises for one bad event: the follower would redeliver it forever."""
-        if ev.contract != "verifier" or ev.removed:
-            return
+        if ev.contract != "verifier" or ev.removed or ev.name not in _JOB_EVENTS:
+            return  # the verifier's admin events (ownership, bond and window settings) name no job
         try:
             job_id = job_key(ev.args["jobId"])
             if ev.name == "RevealDemanded":

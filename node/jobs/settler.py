@@ -14,6 +14,11 @@ Why it is shaped this way:
 - ``withdrawFor(payout)`` is open to anyone and pays only to the payout address itself, so the node's hot
   operator key moves the earnings to a cold payout wallet that never signs anything. A withdraw only goes
   out with at least one finalized job to mark paid; other credits (a won dispute's bond) leave with it.
+- A job is marked paid only after the chain shows it Finalized just before: a reorg can remove a
+  finalizeMany the journal already recorded (and the re-mined blocks may come before the window ends),
+  and an empty market balance then means "never credited", not "already withdrawn". Such a job goes back
+  to submitted and is finalized again under a fresh key (``finalize:<hash>#2``): the settled transaction
+  under the first key did nothing for it, and asking that key again would only return the old outcome.
 - Reads are paced: a job in its challenge window is read again when it falls due, a disputed one every
   ``recheck_s`` chain seconds. Disputes and rulings reach the journal at once through the event watcher;
   these reads are the backstop for events the node missed, and cost one RPC call per job each.
@@ -81,6 +86,7 @@ class Settler:
         self._decoder = EventDecoder({"market": self.market})
         self._counted: set[str] = set()  # tx hashes whose gas is already in the metrics
         self._counted_withdrawals: set[str] = set()  # withdraw tx hashes already in the withdrawn counter
+        self._earned: set[str] = set()  # jobs already in the earnings counter (a reorg can finalize one twice)
         # key -> (step, job ids) of a transaction a pass stopped waiting for; later passes collect it
         self._inflight: dict[str, tuple[str, list[str]]] = {}
         # job id -> chain time of its next getJob: a job in its window is read again when it falls due, or
@@ -119,7 +125,7 @@ class Settler:
             if step == "finalize":
                 await self._after_finalize(outcome, ids, chain_time)
             elif step == "withdraw":
-                await self._after_withdraw(outcome, ids)
+                await self._after_withdraw(outcome, ids, chain_time)
             # an expire is read back from the chain by the next pass
 
     # -- (1) finalize ----------------------------------------------------------------------------------
@@ -148,7 +154,7 @@ class Settler:
         due.sort()
         for i in range(0, len(due), self.batch):
             ids = due[i:i + self.batch]
-            key = batch_key("finalize", ids)
+            key = await self._fresh_key(batch_key("finalize", ids))
             data = _calldata("finalizeMany", [[bytes.fromhex(j[2:]) for j in ids]])
             outcome = await self._send("finalize", key, data, ids)
             if outcome is not None:
@@ -209,22 +215,65 @@ class Settler:
         finalized = sorted(r.job_id for r in await self._open(JobState.FINALIZED))
         if not finalized:
             return  # credits not tied to a journal job (a dispute bond) go out with the next payment
-        balance = await self.rpc.call(
-            lambda w3: w3.eth.contract(address=self.market, abi=load_abi("JobMarket")).functions
-            .balanceOf(self.payout).call(), "market balanceOf")
+        balance = await self._balance()
+        if 0 < balance < self.withdraw_threshold:
+            return
+        finalized = await self._still_finalized(finalized, chain_time)
+        if not finalized:
+            return  # a reorg took the finalizations back: they are submitted again and finalize anew
         if balance == 0:
-            # Every finalized job's credit reached the market before it was recorded; an empty balance means
-            # it was withdrawn already (e.g. `gpunode withdraw`, or anyone calling withdrawFor).
+            # Every finalized job's credit reached the market before it was recorded, and the chain still
+            # shows them finalized: an empty balance means it was withdrawn already (e.g. `gpunode withdraw`,
+            # or anyone calling withdrawFor).
             await self._mark_paid(finalized, "the payout balance was already withdrawn from the market")
             return
-        if balance < self.withdraw_threshold:
-            return
-        key = batch_key("withdraw", finalized)
+        # a settled withdraw under this set's key that left a balance behind did not take this one
+        key = await self._fresh_key(batch_key("withdraw", finalized))
         outcome = await self._send("withdraw", key, _calldata("withdrawFor", [self.payout]), finalized)
         if outcome is not None:
-            await self._after_withdraw(outcome, finalized)
+            await self._after_withdraw(outcome, finalized, chain_time)
 
-    async def _after_withdraw(self, outcome: TxOutcome, finalized: list[str]) -> None:
+    async def _balance(self) -> int:
+        """What the market holds for the payout address (credited, not yet withdrawn)."""
+        return await self.rpc.call(
+            lambda w3: w3.eth.contract(address=self.market, abi=load_abi("JobMarket")).functions
+            .balanceOf(self.payout).call(), "market balanceOf")
+
+    async def _still_finalized(self, job_ids: Sequence[str], chain_time: int) -> list[str]:
+        """The jobs the chain still shows finalized (one getJob each); the others are recorded as the chain
+        says (a reorg that removed a finalizeMany moves its jobs back to submitted)."""
+        confirmed = []
+        for job_id in job_ids:
+            try:
+                rec = await asyncio.to_thread(self.journal.get, job_id)
+                if rec is None or rec.state is not JobState.FINALIZED:
+                    continue
+                chain = await read_job(self.rpc, self.market, job_id)
+                if chain.state is ChainJobState.FINALIZED:
+                    confirmed.append(job_id)
+                elif await self._record(rec, chain, chain_time) is not None:
+                    self._next_read.pop(job_id, None)
+                    log.warning("job %s: a reorg undid its finalization; it is %s on chain again", job_id,
+                                chain.state.name.lower(), extra={"job_id": job_id})
+                else:
+                    self._error(f"job {job_id}: finalized here but {chain.state.name.lower()} on chain", job_id=job_id)
+            except Exception as exc:  # noqa: BLE001 - one job's trouble must not hold up the others
+                self._error(f"job {job_id}: reading its chain state failed: {exc}", exc, job_id)
+        return confirmed
+
+    async def _fresh_key(self, base: str) -> str:
+        """``base``, or ``base#2``, ``#3``... past every key whose transaction was mined and settled. Only
+        asked when the chain shows that effect still to do (jobs due, a balance left), so a settled
+        transaction under the key did nothing for it; one still in flight is waited for, never doubled.
+        The same walk after a restart finds the same key."""
+        key, n = base, 1
+        while (intent := await asyncio.to_thread(self.txm.store.get, key)) is not None \
+                and intent.state in (TxState.CONFIRMED, TxState.REVERTED):
+            n += 1
+            key = f"{base}#{n}"
+        return key
+
+    async def _after_withdraw(self, outcome: TxOutcome, finalized: list[str], chain_time: int) -> None:
         if outcome.ok:
             amount = sum(int(e.args["amount"]) for e in self._events(outcome, "Withdrawn")
                          if str(e.args["account"]).lower() == self.payout.lower())
@@ -234,7 +283,9 @@ class Settler:
             log.info("withdrew %d to the payout address %s (%s)", amount, self.payout, outcome.tx_hash)
             await self._mark_paid(finalized, f"withdrawn to the payout address in {outcome.tx_hash}")
         elif outcome.state is TxState.REJECTED and "NothingToWithdraw" in outcome.reason:
-            await self._mark_paid(finalized, "the payout balance was already withdrawn from the market")
+            # withdrawn by someone else, or never credited because a reorg took the finalization back
+            await self._mark_paid(await self._still_finalized(finalized, chain_time),
+                                  "the payout balance was already withdrawn from the market")
         else:
             self._error(f"withdrawFor({self.payout}) {outcome.state}: {outcome.reason}")
 
@@ -244,7 +295,7 @@ class Settler:
                 await asyncio.to_thread(self.journal.transition, job_id, JobState.PAID, reason=reason,
                                         code="withdrawn", expect=JobState.FINALIZED)
             except StaleState:
-                pass  # moved by someone else meanwhile; FINALIZED -> PAID is the only move out, so it is paid
+                pass  # moved meanwhile: paid by another pass, or back to submitted by a chain read after a reorg
             except Exception as exc:  # noqa: BLE001
                 self._error(f"job {job_id}: recording it paid failed: {exc}", exc, job_id)
 
@@ -257,7 +308,8 @@ class Settler:
                       amount: int | None = None) -> JobRecord | None:
         """Records what the chain implies; counts the earnings when this call is the one that finalized."""
         moved = await asyncio.to_thread(apply_chain_state, self.journal, rec, chain, self.me, chain_time)
-        if moved is not None and moved.state is JobState.FINALIZED:
+        if moved is not None and moved.state is JobState.FINALIZED and rec.job_id not in self._earned:
+            self._earned.add(rec.job_id)
             self.metrics.earnings.inc(chain.net_payment if amount is None else amount)
         return moved
 

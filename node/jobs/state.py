@@ -86,6 +86,8 @@ _EDGES: dict[JobState, dict[JobState, str]] = {
     },
     _S.FINALIZED: {
         _S.PAID: "the credit was withdrawn to the payout address",
+        _S.SUBMITTED: "a reorg removed the finalization: the chain shows the job submitted again",
+        _S.DISPUTED: "a reorg removed the ruling: the chain shows the dispute or challenge open again",
     },
     _S.FAILED: {
         _S.EXPIRED: "the chain shows the lapsed claim expired (by us or anyone); the bond is forfeit",
@@ -126,7 +128,8 @@ RESUME: Mapping[JobState, str] = MappingProxyType({
                  "else submit the stored root",
     _S.SUBMITTED: "read the chain: record a dispute, finalization or slash as found, else finalize after the window",
     _S.DISPUTED: "read the chain: answer the dispute or challenge if the protocol lets us, record how it ended",
-    _S.FINALIZED: "the payment is credited on chain; it is withdrawn with the next withdraw to the payout address",
+    _S.FINALIZED: "the payment is credited on chain; it is withdrawn with the next withdraw to the payout address, "
+                 "after reading the chain (a reorg may have undone the finalization)",
     _S.FAILED: "nothing to run; after the deadline record expired once the chain shows it, "
               "or send expire:<id> to release the locked bond",
 })

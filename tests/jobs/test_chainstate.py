@@ -113,6 +113,11 @@ TABLE = [
     (S.DISPUTED, C.FINALIZED, ME, AFTER, ROOT, S.FINALIZED),
     (S.DISPUTED, C.SLASHED, ME, AFTER, ROOT, S.SLASHED),
     (S.FINALIZED, C.FINALIZED, ME, AFTER, ROOT, None),  # paid is recorded by the withdraw, not by a read
+    (S.FINALIZED, C.SUBMITTED, ME, AFTER, ROOT, S.SUBMITTED),  # a reorg removed our finalizeMany
+    (S.FINALIZED, C.SUBMITTED, ME, BEFORE, ROOT, S.SUBMITTED),  # ... and the re-mined blocks are earlier
+    (S.FINALIZED, C.DISPUTED, ME, BEFORE, ROOT, S.DISPUTED),  # a reorg removed the ruling
+    (S.FINALIZED, C.CHALLENGED, ME, BEFORE, ROOT, S.DISPUTED),
+    (S.FINALIZED, C.SUBMITTED, OTHER, AFTER, ROOT, None),  # not ours: a human's case
     # our work failed; the claim waits for expiry
     (S.FAILED, C.CLAIMED, ME, BEFORE, ROOT, None),
     (S.FAILED, C.CLAIMED, ME, AFTER, ROOT, None),  # past the deadline: the settler sends expire

@@ -6,6 +6,7 @@ and a result we no longer hold is reported, not "answered", and ends in a timeou
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ P = MatmulParams(30, 40, 50, seed=11, audit=fraud.audit_commitment(b"\x07" * 32)
 ROW, COL = 21, 33  # byte 4 * (21 * 50 + 33) = 4332: chunk 1 of 2
 CHUNK = 1
 SUBMITTED, SLASHED = 3, 9
+ZERO = "0x" + "00" * 20
 
 
 class Node:
@@ -205,6 +207,17 @@ def test_journal_note_is_a_history_row_written_once(journal):
     rows = journal.history(job_id)
     assert [(t.from_state, t.to_state, t.code) for t in rows[1:]] == [(S.SEEN, S.SEEN, "reveal_demanded")] * 2
     assert journal.get(job_id).state is S.SEEN and journal.get(job_id).reason != rows[-1].reason  # not a move
+
+
+async def test_verifier_admin_events_are_ignored_without_an_error(journal, caplog):
+    """Found by the chaos run: the events the verifier emits at deployment (and on every setting change) name
+    no job; each used to log a KeyError traceback and count a revealer error on every start."""
+    revealer = Revealer(journal, None, None, "0x" + "11" * 20, "0x" + "22" * 20, None, chain_time=lambda: 0)
+    for name, args in (("OwnershipTransferred", {"previousOwner": ZERO, "newOwner": "0x" + "33" * 20}),
+                       ("ChallengeBondSet", {"bond": 10}), ("RevealWindowSet", {"window": 600})):
+        await revealer.on_event(ChainEvent("verifier", name, args, 5, b"\x01" * 32, b"\x02" * 32, 0))
+    assert revealer.errors == 0 and revealer.last_error is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_demand_from_the_getter_in_either_shape():

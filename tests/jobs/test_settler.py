@@ -13,6 +13,7 @@ from eth_account import Account
 from eth_utils import keccak
 from web3.logs import DISCARD
 
+from node.chain.contracts import calldata
 from node.chain.offers import ZERO_ADDRESS, JobOffer, workload_id
 from node.chain.protocol import Capacity
 from node.chain.rpc import RpcClient
@@ -232,6 +233,34 @@ async def test_withdraw_waits_for_threshold_and_notices_a_withdraw_by_someone_el
         assert journal.get(job_id).state is S.PAID
         assert "already withdrawn" in journal.get(job_id).reason
         assert sample(metrics, "gpunode_withdrawn_token_units_total") == 0  # not by us
+
+
+async def test_a_finalization_undone_by_a_reorg_is_finalized_again_never_marked_paid(scene, journal, tmp_path):
+    """The chaos run's case: a reorg removed the node's finalizeMany after the journal recorded the jobs
+    finalized, and the re-sent transaction was mined before the window ended, so it finalized nothing. The
+    market holds nothing for the payout address; that must not read as "already withdrawn"."""
+    job_id = scene.submitted(journal)
+    metrics = Metrics()
+    async with tx_env(scene.chain.anvil.url, tmp_path / "tx.db", signer=Account.from_key(scene.operator_key)) as env:
+        first = batch_key("finalize", [job_id])
+        outcome = await env.txm.send(first, scene.chain.deployment.market,
+                                     calldata("JobMarket", "finalizeMany", [bytes.fromhex(job_id[2:])]), timeout=60)
+        assert outcome.ok and scene.job(job_id)["state"] == ChainJobState.SUBMITTED  # mined, did nothing
+        journal.transition(job_id, S.FINALIZED, reason="test: recorded before the reorg")
+        settler = settler_for(env, scene, journal, metrics)
+
+        await settler.settle_once(await chain_time(env))
+        rec = journal.get(job_id)
+        assert rec.state is S.SUBMITTED and "reorg" in rec.reason
+        assert scene.chain.proto.balance(scene.payout) == 0
+
+        scene.chain.advance(WINDOW + 1)
+        await settler.settle_once(await chain_time(env))
+        assert scene.job(job_id)["state"] == ChainJobState.FINALIZED
+        assert env.store.get(f"{first}#2").state.value == "confirmed"  # a fresh key: the first one is spent
+        assert journal.get(job_id).state is S.PAID
+        assert scene.chain.proto.balance(scene.payout) == NET
+        assert sample(metrics, "gpunode_earnings_token_units_total") == NET
 
 
 async def test_failed_claim_is_expired_after_its_deadline(scene, journal, tmp_path):

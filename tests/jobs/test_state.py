@@ -93,7 +93,8 @@ def test_failed_stays_open_until_the_chain_expires_the_claim():
 def test_dispute_branches():
     assert TRANSITIONS[S.SUBMITTED] == {S.FINALIZED, S.DISPUTED, S.SLASHED}
     assert TRANSITIONS[S.DISPUTED] == {S.FINALIZED, S.SUBMITTED, S.SLASHED}
-    assert TRANSITIONS[S.FINALIZED] == {S.PAID}
+    # paid is the withdraw's move; back to submitted or disputed only when a reorg removed the finalization
+    assert TRANSITIONS[S.FINALIZED] == {S.PAID, S.SUBMITTED, S.DISPUTED}
 
 
 def test_offer_that_goes_elsewhere_expires():
