@@ -92,8 +92,9 @@ class DevNode:
 
 
 @contextmanager
-def devnode(work: Path, log: Callable[[str], None] = print) -> Iterator[DevNode]:
-    """Anvil (1 s blocks) with the contracts, a funded requester, and a started daemon; all stopped on exit."""
+def devnode(work: Path, log: Callable[[str], None] = print, **settings: dict[str, Any]) -> Iterator[DevNode]:
+    """Anvil (1 s blocks) with the contracts, a funded requester, and a started daemon; all stopped on exit.
+    ``settings``: config sections for the node, e.g. ``hardware={"worker_idle_s": 30}``."""
     work.mkdir(parents=True, exist_ok=True)
     with Anvil(block_time=1) as anvil:
         dep, keys = start_devnet(anvil, 4, 1_000_000, ProtocolParams(fee_bps=FEE_BPS, challenge_window_s=WINDOW_S),
@@ -101,7 +102,7 @@ def devnode(work: Path, log: Callable[[str], None] = print) -> Iterator[DevNode]
         proto = Protocol(Web3(Web3.HTTPProvider(anvil.url)), dep)
         proto.approve(keys[REQUESTER], dep.market, 2**256 - 1)
         net = Net(anvil, proto, keys, work / f"{dep.chain_id}.json", work / "bench-quick.json")
-        node = net.node(work, OPERATOR, node={"log_json": True})
+        node = net.node(work, OPERATOR, **{"node": {"log_json": True}, **settings})
         log(f"  daemon: starting gpunode run (data dir {node.data_dir})")
         node.start()
         try:

@@ -21,12 +21,16 @@ TARGET = "node.compute.bench:matmul_work"
 
 
 def _calibrate(device: str, n: int, seconds: float) -> int:
-    """Iterations of n×n matmul that take about `seconds` here."""
+    """Iterations of n×n matmul that take about `seconds` here: a first guess from 4 iterations, then one
+    run of that guess to correct it (4 short iterations can be off by 2x or 3x while the CPU's clock and
+    torch's thread pool settle, and a job under 1 s is outside the ratio's goal)."""
     matmul_work(device, n, 2)
     start = time.perf_counter()
     matmul_work(device, n, 4)
-    per_iter = (time.perf_counter() - start) / 4
-    return max(1, round(seconds / per_iter))
+    iters = max(1, round(seconds / ((time.perf_counter() - start) / 4)))
+    start = time.perf_counter()
+    matmul_work(device, n, iters)
+    return max(1, round(iters * seconds / (time.perf_counter() - start)))
 
 
 async def main_async(args: argparse.Namespace) -> int:

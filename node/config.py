@@ -259,6 +259,7 @@ class HardwareSettings:
     cpu_worker_memory_mb: int = _opt(4096, _int(256))
     job_timeout_s: float = _opt(3600.0, _float(0, 7 * 86400, lo_open=True))
     queue_per_device: int = _opt(4, _int(1, 1000))
+    worker_idle_s: float = _opt(600.0, _float(0, 7 * 86400))
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from node.chain.txstore import TxStore
 from node.chain.verify import RpcOfferView
 from node.compute.hardware import NvmlApi, detect_async
 from node.compute.idle import IdleMonitor
-from node.compute.workers import DeviceSpec, WorkerPool
+from node.compute.pool import WorkerPool
+from node.compute.workers import DeviceSpec
 from node.config import Settings
 from node.datadir import DataDir
 from node.jobs.dispatcher import Dispatcher
@@ -123,7 +124,7 @@ class NodeService:
         specs = [DeviceSpec(name=p.name, index=None if p.name == "cpu" else int(p.name.split(":")[1]),
                             memory_fraction=s.hardware.gpu_memory_fraction,
                             cpu_memory_mib=s.hardware.cpu_worker_memory_mb) for p in self.profiles]
-        self.pool = WorkerPool(specs, max_queue=s.hardware.queue_per_device)
+        self.pool = WorkerPool(specs, max_queue=s.hardware.queue_per_device, idle_stop=s.hardware.worker_idle_s)
         failed = await self.pool.start()
         for name, err in failed.items():
             log.error("worker for %s did not start: %s", name, err)
@@ -315,8 +316,9 @@ class NodeService:
             checks["rpc"] = (False, str(exc)[:200])
         checks["chain"] = (True, f"chain id {self.chain_id}")
         checks["keystore"] = (self.signer is not None, self.provider)
-        pids = self._worker_pids()
-        checks["workers"] = (len(pids) == len(self.pool.workers), f"{len(pids)}/{len(self.pool.workers)} up")
+        pids, parked = self._worker_pids(), sum(w.parked for w in self.pool.workers.values())
+        up = f"{len(pids)}/{len(self.pool.workers)} up" + (f", {parked} parked (idle)" if parked else "")
+        checks["workers"] = (len(pids) + parked == len(self.pool.workers), up)  # parked: the next job starts it
         checks["registered"] = (self.registered, "active on the registry" if self.registered
                                 else "not registered: run gpunode register")
         checks["accepting"] = (not self.draining, "draining" if self.draining else "claiming")

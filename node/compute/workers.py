@@ -5,6 +5,10 @@ and replaced, instead of the node. Why long-lived: importing torch and creating 
 worker pays that once and then serves jobs one at a time. Why spawn: forking after torch/CUDA is unsafe, and a fresh
 interpreter lets the child pin its device (``CUDA_VISIBLE_DEVICES``) before torch loads.
 
+Why park: a warm worker holds torch (about 200 MB of RAM) and, on a GPU, a CUDA context in the owner's VRAM,
+which an idle node should not keep. After ``idle_stop`` seconds without a job the worker exits; the next job
+starts it again and pays the start-up once. A parked worker is not a failure: it is neither up nor restarted.
+
 The event loop never blocks on a worker: pipe I/O runs in a small per-worker thread pool, and process death is
 watched with ``loop.add_reader`` on a pidfd. Replies are JSON (see ``worker_main``): the node never unpickles
 anything a job could have written.
@@ -15,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -25,6 +30,8 @@ from typing import Any
 
 from node.compute import worker_main
 from node.compute.worker_main import ProtocolError, check_job, describe_exit, signal_group, truncate
+
+log = logging.getLogger(__name__)
 
 
 class FailureReason(enum.StrEnum):
@@ -88,7 +95,7 @@ def validate_request(request: JobRequest, timeout: float = 1.0) -> None:
         raise ValueError("timeout must be positive")
 
 
-def _outcome(job_id: str, reason: FailureReason | None, detail: str = "", started: float | None = None,
+def make_outcome(job_id: str, reason: FailureReason | None, detail: str = "", started: float | None = None,
              result: dict[str, Any] | None = None, pid: int | None = None) -> JobOutcome:
     seconds = time.monotonic() - started if started is not None else 0.0
     return JobOutcome(job_id, reason is None, result, reason, detail, seconds, pid)
@@ -105,12 +112,20 @@ class _Child:
 
 class DeviceWorker:
     """One worker process for one device. ``run`` serialises jobs (FIFO); a job that times out, crashes, is cancelled
-    or leaves the device unusable gets its worker killed and replaced in the background (the next job waits)."""
+    or leaves the device unusable gets its worker killed and replaced in the background (the next job waits).
+    With ``idle_stop`` > 0 the worker is parked (stopped) after that many seconds without a job."""
 
     def __init__(self, spec: DeviceSpec, *, start_timeout: float = 300.0, stop_timeout: float = 5.0,
-                 kill_grace: float = 1.0, max_result_bytes: int = 64 << 20) -> None:
+                 kill_grace: float = 1.0, max_result_bytes: int = 64 << 20, idle_stop: float = 0.0) -> None:
+        if idle_stop < 0:
+            raise ValueError("idle_stop must not be negative")
         self.spec = spec
         self.start_timeout, self.stop_timeout, self.kill_grace = start_timeout, stop_timeout, kill_grace
+        self.idle_stop = idle_stop
+        self.parked = False  # stopped for idleness; the next job starts it (not counted as a restart)
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._parking: asyncio.Task[None] | None = None
+        self._last_used = time.monotonic()
         self.max_result_bytes = max_result_bytes
         self.jobs_done = self.restarts = 0
         self.info: dict[str, Any] = {}  # what the child reported when ready (pid, torch version, memory limit)
@@ -129,14 +144,53 @@ class DeviceWorker:
         """Start the worker and wait until torch is imported and the caps applied. Raises WorkerStartError."""
         self._stopped = False
         await self._ensure_started()
+        self._used()
 
     async def run(self, request: JobRequest, timeout: float) -> JobOutcome:
         """Run one job; ``timeout`` counts from when a ready worker has it (not the wait for the lock or a restart).
         Job failures come back as outcomes, never exceptions; raises ValueError for a bad request or timeout, and
         CancelledError if the caller is cancelled (a started job's worker is killed and replaced)."""
         validate_request(request, timeout)
-        async with self._lock:
-            return await self._run_locked(request, timeout)
+        try:
+            async with self._lock:
+                return await self._run_locked(request, timeout)
+        finally:
+            self._used()
+
+    # -- parking an idle worker --------------------------------------------------------------------------------
+
+    def _used(self) -> None:
+        """Restarts the idle clock: the worker is parked ``idle_stop`` seconds after the last job ended."""
+        self._last_used = time.monotonic()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self.idle_stop > 0 and not self._stopped:
+            self._idle_timer = asyncio.get_running_loop().call_later(self.idle_stop, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self._stopped or self._parking is not None or self._lock.locked():
+            return  # a job runs or waits: it re-arms the clock when it ends
+        self._parking = asyncio.create_task(self._park())
+        self._parking.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _park(self) -> None:
+        try:
+            async with self._lock:
+                child = self._child
+                idle_for = time.monotonic() - self._last_used
+                if self._stopped or child is None or child.died.done() or idle_for < self.idle_stop:
+                    return  # stopped, already gone (restarted when needed), or used meanwhile
+                with contextlib.suppress(OSError):
+                    child.conn.send(("stop",))
+                await asyncio.wait({child.died}, timeout=self.stop_timeout)
+                await self._reap()
+                self.parked = True
+                log.info("worker for %s parked after %.0f s without a job; the next job starts it again",
+                         self.spec.name, idle_for)
+        finally:
+            self._parking = None
 
     def cancel(self, job_id: str) -> bool:
         """Kill the worker if it is running ``job_id``; that ``run`` then returns a CANCELLED outcome."""
@@ -149,6 +203,9 @@ class DeviceWorker:
     async def stop(self) -> None:
         """Ask the worker to exit, wait ``stop_timeout``, then kill it. A running job ends CANCELLED."""
         self._stopped = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         if self._starting is not None:
             self._starting.cancel()
             await asyncio.gather(self._starting, return_exceptions=True)
@@ -166,11 +223,11 @@ class DeviceWorker:
     async def _run_locked(self, request: JobRequest, timeout: float) -> JobOutcome:
         job_id = request.job_id
         if self._stopped:
-            return _outcome(job_id, FailureReason.WORKER_START_FAILED, "worker is stopped")
+            return make_outcome(job_id, FailureReason.WORKER_START_FAILED, "worker is stopped")
         try:
             await self._ensure_started()
         except WorkerStartError as exc:
-            return _outcome(job_id, FailureReason.WORKER_START_FAILED, truncate(str(exc)))
+            return make_outcome(job_id, FailureReason.WORKER_START_FAILED, truncate(str(exc)))
         assert self._child is not None
         started, pid, proc = time.monotonic(), self.pid, self._child.proc  # the clock starts once a worker is ready
         self._seq += 1
@@ -185,10 +242,10 @@ class DeviceWorker:
             code = await self._reap()
             self._restart_in_background()
             if self._cancel_requested:
-                return _outcome(job_id, FailureReason.CANCELLED, "job cancelled", started, pid=pid)
+                return make_outcome(job_id, FailureReason.CANCELLED, "job cancelled", started, pid=pid)
             if isinstance(exc, ProtocolError):
-                return _outcome(job_id, FailureReason.ERROR, str(exc), started, pid=pid)
-            return _outcome(job_id, FailureReason.CRASHED, f"worker {pid} {describe_exit(code)}", started, pid=pid)
+                return make_outcome(job_id, FailureReason.ERROR, str(exc), started, pid=pid)
+            return make_outcome(job_id, FailureReason.CRASHED, f"worker {pid} {describe_exit(code)}", started, pid=pid)
         finally:
             self.current_job = None
             self.jobs_done += 1
@@ -197,12 +254,12 @@ class DeviceWorker:
             self._restart_in_background()
         if reply is None:
             detail = f"no result within {timeout:g}s; worker {pid} killed"
-            return _outcome(job_id, FailureReason.TIMEOUT, detail, started, pid=pid)
+            return make_outcome(job_id, FailureReason.TIMEOUT, detail, started, pid=pid)
         kind, result = reply["kind"], reply.get("result")
         if kind == "ok" and isinstance(result, dict):
-            return _outcome(job_id, None, "", started, result=result, pid=pid)
+            return make_outcome(job_id, None, "", started, result=result, pid=pid)
         reason = FailureReason.OUT_OF_MEMORY if kind == "oom" else FailureReason.ERROR
-        return _outcome(job_id, reason, truncate(str(reply.get("detail", f"bad reply {kind!r}"))), started, pid=pid)
+        return make_outcome(job_id, reason, truncate(str(reply.get("detail", f"bad reply {kind!r}"))), started, pid=pid)
 
     async def _wait_reply(self, msg: tuple[Any, ...] | None, timeout: float) -> dict[str, Any] | None:
         """Send ``msg`` (a job, or None to await the start-up report) and wait for the reply. Returns None on
@@ -246,9 +303,9 @@ class DeviceWorker:
 
         async def respawn() -> None:
             await self._reap()
-            self.restarts += self._ever_started
+            self.restarts += self._ever_started and not self.parked
             await self._spawn()
-            self._ever_started = True
+            self._ever_started, self.parked = True, False
 
         self._starting = asyncio.create_task(respawn())
         self._starting.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -304,78 +361,3 @@ class DeviceWorker:
                 child.on_exit()
                 proc.close()
         return code
-
-
-class WorkerPool:
-    """One DeviceWorker per device. Jobs for a device run one at a time in submission order (the worker's FIFO lock
-    is the queue); at most ``max_queue`` wait besides the running one, and ``submit`` beyond that returns
-    QUEUE_FULL at once, so that the node can turn offers down early."""
-
-    def __init__(self, specs: Iterable[DeviceSpec], *, max_queue: int = 8, **worker_options: Any) -> None:
-        specs = list(specs)
-        self.workers = {spec.name: DeviceWorker(spec, **worker_options) for spec in specs}
-        if len(self.workers) != len(specs):
-            raise ValueError("device names must be unique")
-        self.max_queue = max_queue
-        self._inflight = dict.fromkeys(self.workers, 0)  # queued + running, per device
-        self._jobs: dict[str, tuple[str, asyncio.Task[JobOutcome]]] = {}  # job id -> (device, its run task)
-        self._open = False
-
-    async def start(self) -> dict[str, str]:
-        """Start every worker concurrently. Returns {device: error} for those that failed; their jobs retry the
-        start and get WORKER_START_FAILED while it keeps failing."""
-        self._open = True
-        results = await asyncio.gather(*(w.start() for w in self.workers.values()), return_exceptions=True)
-        return {name: str(r) for name, r in zip(self.workers, results, strict=True) if isinstance(r, BaseException)}
-
-    async def submit(self, device_name: str, request: JobRequest, timeout: float) -> JobOutcome:
-        """Queue a job and wait for its outcome. Raises ValueError for an unknown device, a bad request or a job id
-        already in flight, RuntimeError if the pool is not running."""
-        worker = self.workers.get(device_name)
-        if worker is None:
-            raise ValueError(f"unknown device {device_name!r}")
-        validate_request(request, timeout)
-        if not self._open:
-            raise RuntimeError("pool is not running")
-        if request.job_id in self._jobs:
-            raise ValueError(f"job {request.job_id!r} is already queued or running")
-        if self._inflight[device_name] > self.max_queue:
-            return _outcome(request.job_id, FailureReason.QUEUE_FULL, f"{device_name}: {self.max_queue} jobs waiting")
-        task = asyncio.create_task(worker.run(request, timeout))  # tasks start, and queue on the lock, in order
-        self._jobs[request.job_id] = (device_name, task)
-        self._inflight[device_name] += 1
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            task.cancel()  # waiting: leaves the line; running: the worker is killed and replaced
-            raise
-        finally:
-            self._inflight[device_name] -= 1
-            del self._jobs[request.job_id]
-        if task.cancelled():
-            return _outcome(request.job_id, FailureReason.CANCELLED, "cancelled")
-        return task.result()
-
-    def cancel(self, job_id: str) -> bool:
-        """Cancel a queued or running job; its ``submit`` returns a CANCELLED outcome."""
-        entry = self._jobs.get(job_id)
-        if entry is None:
-            return False
-        device_name, task = entry
-        if not self.workers[device_name].cancel(job_id):  # not running (yet): take it out of the line
-            task.cancel()
-        return True
-
-    def stats(self) -> dict[str, dict[str, Any]]:
-        return {name: {"pid": w.pid, "jobs_done": w.jobs_done, "restarts": w.restarts, "running": w.current_job,
-                       "queued": max(0, self._inflight[name] - (w.current_job is not None))}
-                for name, w in self.workers.items()}
-
-    async def stop(self) -> None:
-        """Cancel queued jobs, stop every worker (a running job ends CANCELLED), wait for the submitters' tasks."""
-        self._open = False
-        for job_id, (device_name, task) in list(self._jobs.items()):
-            if self.workers[device_name].current_job != job_id:
-                task.cancel()
-        await asyncio.gather(*(w.stop() for w in self.workers.values()), return_exceptions=True)
-        await asyncio.gather(*(task for _, task in self._jobs.values()), return_exceptions=True)

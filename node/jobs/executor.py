@@ -29,7 +29,8 @@ from node.chain.txstore import TxState
 from node.chain.verify import SignedOffer
 from node.compute.commitment import commit_file
 from node.compute.inputs import InputError, fetch_input, input_session, stored_path
-from node.compute.workers import FailureReason, JobRequest, WorkerPool
+from node.compute.pool import WorkerPool
+from node.compute.workers import FailureReason, JobRequest
 from node.compute.workloads import ParamsError, get
 from node.config import Settings
 from node.jobs.chainstate import apply_chain_state, read_job

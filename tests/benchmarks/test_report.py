@@ -55,8 +55,12 @@ def test_node_figures_come_from_the_daemon(result):
     assert gas["finalizeMany"]["jobs"] == size["chain"] + size["direct"] and gas["withdraw"]["txs"] >= 1
     assert gas["job_chain"]["min"] > gas["post"]["min"] + gas["claim"]["min"] + gas["submit"]["min"]
     assert gas["job_direct"]["min"] > gas["claimSigned"]["min"] + gas["submit"]["min"]
-    # the node and its worker were sampled, the tree holding more than the node alone
-    assert mem["processes"] >= 2 and mem["tree_pss_mb_max"] > mem["node_pss_mb_max"] > 0
+    # warm: the node and its worker were sampled, the tree holding more than the node alone; parked: the
+    # worker is gone (only the resource tracker may remain) and the tree holds less than it did warm
+    warm, parked = mem["warm"], mem["parked"]
+    assert warm["processes"] >= 2 and warm["tree_pss_mb_max"] > warm["node_pss_mb_max"] > 0
+    assert "multiprocessing.spawn" in warm["descendants"] and "multiprocessing.spawn" not in parked["descendants"]
+    assert parked["tree_pss_mb_max"] < warm["tree_pss_mb_max"]
 
 
 def test_render_records_the_machine_and_splices_between_markers(result):

@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from node.compute.pool import WorkerPool
 from node.compute.workers import (
     DeviceSpec,
     DeviceWorker,
     FailureReason,
     JobRequest,
-    WorkerPool,
     WorkerStartError,
     validate_request,
 )
@@ -246,6 +246,40 @@ async def test_pool_stop_cancels_jobs_and_leaves_no_process(victim: DeviceWorker
     assert gone(pid) and pool.stats()["cpu"]["pid"] is None
     with pytest.raises(RuntimeError):
         await pool.submit("cpu", job("late", "echo"), JOB_TIMEOUT)
+
+
+async def _until_parked(w: DeviceWorker, limit: float = 60.0) -> None:
+    for _ in range(int(limit / 0.1)):
+        if w.parked:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not parked after {limit:.0f} s")
+
+
+async def test_an_idle_worker_is_parked_and_the_next_job_starts_it_again() -> None:
+    """An idle node gives its memory back: after idle_stop seconds without a job the worker exits; a job
+    started later brings it back (not counted as a restart), and a job longer than idle_stop is never cut."""
+    w = DeviceWorker(CPU, idle_stop=1.0)
+    try:
+        await w.start()
+        first = w.pid
+        await _until_parked(w)
+        assert w.pid is None and gone(first) and w.restarts == 0
+
+        out = await w.run(job("after-park", "sleep", seconds=2.5), JOB_TIMEOUT)  # longer than idle_stop
+        assert out.ok and out.pid not in (None, first)
+        assert not w.parked and w.restarts == 0 and w.pid == out.pid  # still up: the clock restarts at the end
+
+        await _until_parked(w)
+        assert gone(out.pid) and w.restarts == 0
+    finally:
+        await w.stop()
+    assert w.pid is None
+
+
+def test_a_negative_idle_stop_is_refused() -> None:
+    with pytest.raises(ValueError, match="idle_stop"):
+        DeviceWorker(CPU, idle_stop=-1)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/nvidiactl"), reason="needs a CUDA device")
