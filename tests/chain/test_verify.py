@@ -14,7 +14,7 @@ from eth_utils import keccak, to_checksum_address
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import ContractCustomError
+from web3.exceptions import ContractCustomError, Web3RPCError
 
 from node.chain.contracts import FORGE_OUT, decode_revert
 from node.chain.deploy import send
@@ -505,3 +505,40 @@ async def test_the_node_view_fails_over_between_endpoints(chain, requester):
         assert rpc.endpoints[0].failed >= 1 and rpc.endpoints[1].answered >= 3
     finally:
         await rpc.close()
+
+
+@pytest.mark.parametrize(("answer", "needle"), [
+    ({"error": {"code": -32000, "message": "header not found"}}, "header not found"),
+    ({"result": None}, "malformed answer"),
+    ({"result": "0xzz"}, "malformed answer"),
+    ({"result": 12}, "malformed answer"),
+    ({"result": "0x" + "00" * 7}, "undecodable answer"),  # not a whole word: eth-abi refuses it
+])
+@on_session_loop
+async def test_a_lying_rpc_answer_is_an_error_not_a_verdict(answer, needle):
+    """The view's reads go to the provider without web3's formatters, so it checks each answer itself: a
+    JSON-RPC error, a non-hex or undecodable result raises Web3RPCError (the node retries later), never a
+    verdict built on garbage. A real HTTP server plays the RPC."""
+    from aiohttp import web
+
+    async def rpc(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], **answer})
+
+    app = web.Application()
+    app.router.add_post("/", rpc)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    w3 = AsyncWeb3(AsyncHTTPProvider(f"http://127.0.0.1:{port}", exception_retry_configuration=None))
+    view = Web3OfferView(w3, "0x" + "11" * 20)
+    try:
+        with pytest.raises(Web3RPCError, match=needle):
+            await view.nonce_used("0x" + "22" * 20, 5)
+        if "undecodable" not in needle:  # eth_getCode takes any hex, even 7 bytes
+            with pytest.raises(Web3RPCError, match=needle):
+                await view.has_code("0x" + "22" * 20)
+    finally:
+        await w3.provider.disconnect()
+        await runner.cleanup()
