@@ -368,6 +368,8 @@ class Web3OfferView:
         about 1.5 ms of CPU per request (the load run: direct offers were CPU-bound on these reads). The
         answer is checked here instead: a JSON-RPC error raises Web3RPCError, a result must be hex."""
         reply = await self._w3.provider.make_request(method, params)  # type: ignore[arg-type]
+        if not isinstance(reply, dict):
+            raise Web3RPCError(f"{method}: malformed answer: not a JSON-RPC response: {str(reply)[:60]!r}")
         if "error" in reply:
             error = reply["error"]
             message = error.get("message", error) if isinstance(error, dict) else error

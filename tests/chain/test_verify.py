@@ -513,6 +513,7 @@ async def test_the_node_view_fails_over_between_endpoints(chain, requester):
     ({"result": "0xzz"}, "malformed answer"),
     ({"result": 12}, "malformed answer"),
     ({"result": "0x" + "00" * 7}, "undecodable answer"),  # not a whole word: eth-abi refuses it
+    (["not", "an", "object"], "malformed answer"),
 ])
 @on_session_loop
 async def test_a_lying_rpc_answer_is_an_error_not_a_verdict(answer, needle):
@@ -523,6 +524,8 @@ async def test_a_lying_rpc_answer_is_an_error_not_a_verdict(answer, needle):
 
     async def rpc(request: web.Request) -> web.Response:
         body = await request.json()
+        if isinstance(answer, list):
+            return web.json_response(answer)
         return web.json_response({"jsonrpc": "2.0", "id": body["id"], **answer})
 
     app = web.Application()
