@@ -16,6 +16,7 @@ arrives; ``verify_offer`` adds the on-chain facts (code, EIP-1271, nonce, replay
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -328,13 +329,14 @@ class Web3OfferView:
     def __init__(self, w3: AsyncWeb3, market_address: str, *, block: BlockIdentifier = "latest") -> None:
         self._w3 = w3
         self._block = block
+        self._block_param = _json_block(block)
         self._market = to_checksum_address(market_address)
         self._wallet_abi = w3.eth.contract(abi=_ERC1271_ABI)
         outputs = next(f for f in load_abi("JobMarket") if f.get("name") == "getJob")["outputs"][0]["components"]
         self._state_index = [o["name"] for o in outputs].index("state")
 
     async def has_code(self, address: str) -> bool:
-        return len(await self._raw("eth_getCode", [to_checksum_address(address), self._block_param()])) > 0
+        return len(await self._raw("eth_getCode", [to_checksum_address(address), self._block_param])) > 0
 
     async def is_valid_signature(self, wallet: str, digest: bytes, signature: bytes) -> bool:
         """As SignatureChecker sees it: a revert, a short answer or any other word is "invalid". The call
@@ -357,7 +359,7 @@ class Web3OfferView:
     async def _view(self, function: str, *args: Any) -> tuple[Any, ...]:
         """A market read encoded with eth-abi, not web3's contract layer: these run for every direct offer."""
         call = {"to": self._market, "data": "0x" + view_calldata("JobMarket", function, *args).hex()}
-        raw = await self._raw("eth_call", [call, self._block_param()])
+        raw = await self._raw("eth_call", [call, self._block_param])
         try:
             return view_result("JobMarket", function, raw)
         except Exception as exc:  # noqa: BLE001 - eth-abi's decoding errors: an RPC answer is untrusted
@@ -375,20 +377,19 @@ class Web3OfferView:
             message = error.get("message", error) if isinstance(error, dict) else error
             raise Web3RPCError(f"{method}: {message}", rpc_response=reply)
         result = reply.get("result")
-        try:
-            if not isinstance(result, str) or not result.startswith("0x"):
-                raise ValueError(f"not a hex string: {str(result)[:60]!r}")
-            return bytes.fromhex(result[2:])
-        except ValueError as exc:
-            raise Web3RPCError(f"{method}: malformed answer: {exc}", rpc_response=reply) from None
+        if isinstance(result, str) and result.startswith("0x"):
+            with contextlib.suppress(ValueError):
+                return bytes.fromhex(result[2:])
+        raise Web3RPCError(f"{method}: malformed answer: not a hex string: {str(result)[:60]!r}", rpc_response=reply)
 
-    def _block_param(self) -> Any:
-        block = self._block
-        if isinstance(block, int):
-            return hex(block)
-        if isinstance(block, bytes):
-            return "0x" + block.hex()
-        return block
+
+def _json_block(block: BlockIdentifier) -> Any:
+    """A block identifier as a raw JSON-RPC parameter: a tag ("latest") as it is, a number or hash in hex."""
+    if isinstance(block, int):
+        return hex(block)
+    if isinstance(block, bytes):
+        return "0x" + bytes(block).hex()
+    return block
 
 
 class RpcOfferView:

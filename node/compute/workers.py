@@ -96,7 +96,7 @@ def validate_request(request: JobRequest, timeout: float = 1.0) -> None:
 
 
 def make_outcome(job_id: str, reason: FailureReason | None, detail: str = "", started: float | None = None,
-             result: dict[str, Any] | None = None, pid: int | None = None) -> JobOutcome:
+                 result: dict[str, Any] | None = None, pid: int | None = None) -> JobOutcome:
     seconds = time.monotonic() - started if started is not None else 0.0
     return JobOutcome(job_id, reason is None, result, reason, detail, seconds, pid)
 
@@ -182,10 +182,7 @@ class DeviceWorker:
                 idle_for = time.monotonic() - self._last_used
                 if self._stopped or child is None or child.died.done() or idle_for < self.idle_stop:
                     return  # stopped, already gone (restarted when needed), or used meanwhile
-                with contextlib.suppress(OSError):
-                    child.conn.send(("stop",))
-                await asyncio.wait({child.died}, timeout=self.stop_timeout)
-                await self._reap()
+                await self._stop_child()
                 self.parked = True
                 log.info("worker for %s parked after %.0f s without a job; the next job starts it again",
                          self.spec.name, idle_for)
@@ -213,12 +210,17 @@ class DeviceWorker:
         if self.current_job is not None:
             self.cancel(self.current_job)
         async with self._lock:
-            child = self._child
-            if child is not None and not child.died.done():
-                with contextlib.suppress(OSError):
-                    child.conn.send(("stop",))  # tiny, and the idle child is reading: does not block
-                await asyncio.wait({child.died}, timeout=self.stop_timeout)
-            await self._reap()
+            await self._stop_child()
+
+    async def _stop_child(self) -> None:
+        """Asks the idle child to exit, waits ``stop_timeout``, then reaps it (killed if it has not gone).
+        Called with the lock held, so no job is running."""
+        child = self._child
+        if child is not None and not child.died.done():
+            with contextlib.suppress(OSError):
+                child.conn.send(("stop",))  # tiny, and the idle child is reading: does not block
+            await asyncio.wait({child.died}, timeout=self.stop_timeout)
+        await self._reap()
 
     async def _run_locked(self, request: JobRequest, timeout: float) -> JobOutcome:
         job_id = request.job_id
