@@ -89,8 +89,8 @@ def test_bad_offer_events_are_rejected_with_a_reason(healthy: Stack, category: s
         before = healthy.rejected_counts()["job_id_mismatch"]
         feeder.deliver(feeder.event(case.offer, case.params, case.signature, wrong))
         assert healthy.node.journal.get(wrong) is None and journal_state(healthy, job_id) == known
-        counted = healthy.rejected_counts()["job_id_mismatch"] > before  # see /work/milestones/fuzz_intake.patch
-        TALLY.offer(PATH, category, "job_id_mismatch" if counted else "ignored: id mismatch (logged only)")
+        assert healthy.rejected_counts()["job_id_mismatch"] == before + 1  # refused, and counted with its reason
+        TALLY.offer(PATH, category, "job_id_mismatch")
         return
     ev = feeder.event(case.offer, case.params, case.signature, case.job_id)
     feeder.deliver(ev)

@@ -263,6 +263,34 @@ async def test_a_finalization_undone_by_a_reorg_is_finalized_again_never_marked_
         assert sample(metrics, "gpunode_earnings_token_units_total") == NET
 
 
+async def test_a_finalization_reorganised_away_is_counted_once_in_the_earnings(scene, journal, tmp_path):
+    """A real reorg (anvil_reorg) removes the block holding the node's finalizeMany after the journal recorded
+    the job finalized and counted its earnings: the job goes back to submitted, is finalized again, and the
+    earnings counter still holds one payment, not two."""
+    job_id = scene.submitted(journal)
+    scene.chain.advance(WINDOW + 1)
+    metrics = Metrics()
+    async with tx_env(scene.chain.anvil.url, tmp_path / "tx.db", signer=Account.from_key(scene.operator_key)) as env:
+        settler = settler_for(env, scene, journal, metrics, threshold=100 * NET)  # no withdraw: keep it finalized
+        await settler.settle_once(await chain_time(env))
+        assert journal.get(job_id).state is S.FINALIZED
+        assert sample(metrics, "gpunode_earnings_token_units_total") == NET
+
+        reply = scene.chain.w3.provider.make_request("anvil_reorg", [1, []])  # the finalizeMany block is gone
+        assert "error" not in reply, reply
+        assert scene.job(job_id)["state"] == ChainJobState.SUBMITTED
+
+        await settler.settle_once(await chain_time(env))  # reads the chain before any withdraw: back to submitted
+        assert journal.get(job_id).state is S.SUBMITTED
+        for _ in range(5):  # finalized again: the transaction manager's resend, or a fresh finalizeMany
+            await settler.settle_once(await chain_time(env))
+            if journal.get(job_id).state is S.FINALIZED:
+                break
+        assert journal.get(job_id).state is S.FINALIZED
+        assert scene.job(job_id)["state"] == ChainJobState.FINALIZED
+        assert sample(metrics, "gpunode_earnings_token_units_total") == NET
+
+
 async def test_failed_claim_is_expired_after_its_deadline(scene, journal, tmp_path):
     job_id = scene.claimed(journal, S.FAILED, max_duration=600)
     stake_before = scene.chain.proto.registry.functions.getProvider(scene.operator).call()
